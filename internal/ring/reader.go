@@ -1,0 +1,171 @@
+package ring
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Found is one ring discovered in a process's fd table.
+type Found struct {
+	Source string // "cupti", "pyhook", … (the memfd name after "profilemate-")
+	Path   string // /proc/PID/fd/N, openable with Open
+}
+
+// Find scans /proc/PID/fd for links named "/memfd:profilemate-<source> (deleted)".
+func Find(pid int) ([]Found, error) {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []Found
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		link, err := os.Readlink(p)
+		if err != nil {
+			continue
+		}
+		const pfx = "/memfd:profilemate-"
+		if !strings.HasPrefix(link, pfx) {
+			continue
+		}
+		src := strings.TrimSuffix(strings.TrimPrefix(link, pfx), " (deleted)")
+		out = append(out, Found{Source: src, Path: p})
+	}
+	return out, nil
+}
+
+// Reader is the consumer side of one ring. It is not safe for concurrent use.
+type Reader struct {
+	mapping
+	broken error
+}
+
+// Open opens and maps a ring file (for example a /proc/PID/fd/N path from Find).
+func Open(path string) (*Reader, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	r, err := OpenFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// OpenFile maps an already open ring file. The Reader owns f afterwards (Close closes it).
+func OpenFile(f *os.File) (*Reader, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() < HeaderSize {
+		return nil, fmt.Errorf("ring: %s: file of %d bytes is smaller than the header", f.Name(), st.Size())
+	}
+	var hdr [HeaderSize]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil {
+		return nil, fmt.Errorf("ring: %s: %w", f.Name(), err)
+	}
+	if string(hdr[:8]) != Magic {
+		return nil, fmt.Errorf("ring: %s: bad magic %q", f.Name(), hdr[:8])
+	}
+	if v := binary.LittleEndian.Uint32(hdr[offVersion:]); v != Version {
+		return nil, fmt.Errorf("ring: %s: unsupported version %d", f.Name(), v)
+	}
+	if hs := binary.LittleEndian.Uint32(hdr[offHeaderSize:]); hs != HeaderSize {
+		return nil, fmt.Errorf("ring: %s: unsupported header size %d", f.Name(), hs)
+	}
+	ds := binary.LittleEndian.Uint64(hdr[offDataSize:])
+	if !isPow2(ds) || ds < 64 || int64(ds)+HeaderSize > st.Size() {
+		return nil, fmt.Errorf("ring: %s: bad data_size %d (file %d bytes)", f.Name(), ds, st.Size())
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(HeaderSize+ds), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("ring: mmap %s: %w", f.Name(), err)
+	}
+	r := &Reader{mapping: mapping{mem: mem, data: mem[HeaderSize:], dataSize: ds, f: f}}
+	return r, nil
+}
+
+// Header returns a snapshot of all header fields.
+func (r *Reader) Header() Header { return r.header() }
+
+// SetControl sets the control words and then increments control_seq.
+func (r *Reader) SetControl(enable bool, detail Detail, sampleEvery uint32) {
+	var e uint32
+	if enable {
+		e = 1
+	}
+	r.store32(offControlEnable, e)
+	r.store32(offControlDetail, uint32(detail))
+	r.store32(offSampleEvery, sampleEvery)
+	r.store32(offControlSeq, r.load32(offControlSeq)+1)
+}
+
+// SetControlRaw is SetControl with a raw enable value (2 = yield CUPTI, see cupti/README.md).
+func (r *Reader) SetControlRaw(enable uint32, detail Detail, sampleEvery uint32) {
+	r.store32(offControlEnable, enable)
+	r.store32(offControlDetail, uint32(detail))
+	r.store32(offSampleEvery, sampleEvery)
+	r.store32(offControlSeq, r.load32(offControlSeq)+1)
+}
+
+// Heartbeat stores the current CLOCK_MONOTONIC time in consumer_heartbeat_ns.
+func (r *Reader) Heartbeat() { r.store64(offHeartbeatNs, MonotonicNs()) }
+
+// Read delivers every record available now to fn, skipping padding records, and
+// advances tail past them. rec aliases the shared mapping and is valid only during
+// the call. It returns the number of records delivered. When fn returns an error,
+// Read stops before that record (it will be delivered again) and returns the error.
+// Bad framing returns an error wrapping ErrCorrupt that names the offset; the
+// stream is then dead and every later Read returns the same error.
+func (r *Reader) Read(fn func(rec []byte) error) (int, error) {
+	if r.broken != nil {
+		return 0, r.broken
+	}
+	if r.mem == nil {
+		return 0, fmt.Errorf("ring: read on closed reader")
+	}
+	head := r.load64(offHead)
+	tail := r.load64(offTail)
+	if head < tail || head-tail > r.dataSize {
+		r.broken = fmt.Errorf("%w: head %d tail %d data_size %d", ErrCorrupt, head, tail, r.dataSize)
+		return 0, r.broken
+	}
+	n := 0
+	defer func() { r.store64(offTail, tail) }()
+	for tail < head {
+		pos := tail & (r.dataSize - 1)
+		if r.dataSize-pos < RecordHeaderSize {
+			r.broken = fmt.Errorf("%w: stream offset %d: no room for a record header", ErrCorrupt, tail)
+			return n, r.broken
+		}
+		typ := binary.LittleEndian.Uint16(r.data[pos:])
+		size := uint64(binary.LittleEndian.Uint32(r.data[pos+4:]))
+		if size < RecordHeaderSize || size%8 != 0 || pos+size > r.dataSize || tail+size > head {
+			r.broken = fmt.Errorf("%w: stream offset %d: record type %d size %d", ErrCorrupt, tail, typ, size)
+			return n, r.broken
+		}
+		if typ == 0 {
+			tail += size
+			continue
+		}
+		if err := fn(r.data[pos : pos+size]); err != nil {
+			return n, err
+		}
+		tail += size
+		n++
+	}
+	return n, nil
+}
+
+// Close unmaps the ring and closes its file.
+func (r *Reader) Close() error { return r.close() }
