@@ -1,0 +1,62 @@
+# profilemate-trace — `make help` lists the targets.
+SHELL       := /bin/bash
+GO          ?= go
+PYTHON      ?= python3
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BIN         := bin/profilemate-trace
+LDFLAGS     := -X main.version=$(VERSION)
+GPU_DIST    := .gpu
+GOTESTFLAGS ?=
+
+.DEFAULT_GOAL := all
+
+help: ## list targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+all: build ## build the CLI and the agent (bin/)
+
+build: agent ## build bin/profilemate-trace and bin/libprofilemate.so
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/profilemate-trace
+	cp cupti/build/libprofilemate.so bin/libprofilemate.so
+
+agent: ## build the CUPTI agent (cupti/build/libprofilemate.so)
+	$(MAKE) -C cupti
+
+testlibs: ## build the fake libcuda and mock libcupti used by tests
+	$(MAKE) -C cupti testlibs
+
+generate: ## regenerate record layouts (C/Go/Python) and eBPF objects
+	$(GO) generate ./internal/record
+	$(MAKE) -C bpf generate
+
+test: build testlibs ## run every test that needs no GPU (eBPF tests run for real as root)
+	$(GO) test $(GOTESTFLAGS) ./...
+	$(PYTHON) -m pytest -q pyhook/tests
+
+demo: build ## write the CSVs and report from the recorded H100 bundle in testdata/
+	rm -rf demo-out
+	$(BIN) export testdata/h100/session.tar.zst -o demo-out
+	@echo "demo output in demo-out/"; ls demo-out
+
+gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scripts) in .gpu/
+	rm -rf $(GPU_DIST) && mkdir -p $(GPU_DIST)
+	cp $(BIN) cupti/build/libprofilemate.so $(GPU_DIST)/
+	cp -r pyhook $(GPU_DIST)/pyhook
+	cp -r cupti/gpu $(GPU_DIST)/cupti-gpu
+	[ -d bpf/gpu ] && cp -r bpf/gpu $(GPU_DIST)/bpf-gpu || true
+	cp scripts/gpu/*.sh $(GPU_DIST)/ 2>/dev/null || true
+
+test-gpu: ## on a GPU machine: real CUDA/CUPTI tests against torch.profiler (needs `make gpu-dist` output in .gpu/)
+	bash scripts/gpu/test-gpu.sh $(GPU_DIST)
+
+bench-gpu: ## on a GPU machine: overhead benchmarks (untraced, dormant, graph, nodes, torch.profiler)
+	bash scripts/gpu/bench-gpu.sh $(GPU_DIST)
+
+fmt: ## format Go and C sources
+	gofmt -w $$(git ls-files '*.go' | grep -v _bpfel.go)
+
+clean: ## remove build outputs
+	rm -rf bin $(GPU_DIST) demo-out
+	$(MAKE) -C cupti clean
+
+.PHONY: help all build agent testlibs generate test demo gpu-dist test-gpu bench-gpu fmt clean

@@ -1,0 +1,91 @@
+package export
+
+import (
+	"encoding/csv"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+)
+
+// table is one CSV file: a header and rows of already formatted cells.
+type table struct {
+	name   string
+	header []string
+	rows   [][]string
+}
+
+func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+
+func (t *table) write(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, t.name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	w.Write(t.header)
+	for _, r := range t.rows {
+		if len(r) != len(t.header) {
+			f.Close()
+			return fmt.Errorf("%s: row has %d cells, header %d", t.name, len(r), len(t.header))
+		}
+		w.Write(r)
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+func f6(v float64) string { return strconv.FormatFloat(v, 'f', 6, 64) }
+func itoa[T ~int | ~int32 | ~int64 | ~uint32 | ~uint64 | ~uint16 | ~uint8](v T) string {
+	return strconv.FormatInt(int64(v), 10)
+}
+
+// pyBool renders booleans as the original ProfileMate did (Python's str(bool)).
+func pyBool(b bool) string {
+	if b {
+		return "True"
+	}
+	return "False"
+}
+
+// durStats holds a sorted sample of durations in nanoseconds.
+type durStats struct{ ns []uint64 }
+
+func (d *durStats) add(ns uint64) { d.ns = append(d.ns, ns) }
+
+func (d *durStats) sorted() []uint64 {
+	sort.Slice(d.ns, func(i, j int) bool { return d.ns[i] < d.ns[j] })
+	return d.ns
+}
+
+func (d *durStats) total() uint64 {
+	var t uint64
+	for _, v := range d.ns {
+		t += v
+	}
+	return t
+}
+
+// pct returns the p-th percentile (0..100) of sorted values by the nearest-rank method.
+func pct(sorted []uint64, p float64) uint64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(p/100*float64(len(sorted))+0.999999999) - 1
+	if rank < 0 {
+		rank = 0
+	}
+	if rank >= len(sorted) {
+		rank = len(sorted) - 1
+	}
+	return sorted[rank]
+}
+
+func us(ns uint64) string { return f3(float64(ns) / 1e3) }

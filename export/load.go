@@ -1,0 +1,238 @@
+package export
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/profilemate/profilemate-trace/internal/record"
+)
+
+// Session is a decoded session: metadata plus every raw stream.
+type Session struct {
+	Name     string
+	Metadata map[string]any // metadata.json as written by the tracer (may be empty)
+	Streams  []*Stream
+	Warnings []string
+	// StartNs is the session's time origin (CLOCK_MONOTONIC): metadata start_monotonic_ns,
+	// else the earliest timestamp seen.
+	StartNs uint64
+}
+
+// Stream is one decoded raw stream.
+type Stream struct {
+	File string
+	Meta record.StreamMeta
+
+	Names     map[uint32]string // kernel name id -> raw (mangled) name
+	Kernels   []record.Kernel
+	Graphs    []record.GraphTrace
+	Memcpys   []record.Memcpy
+	Memsets   []record.Memset
+	Syncs     []record.Sync
+	APIs      []record.API
+	Overheads []record.Overhead
+	Process   *record.ProcessInfo
+	Stats     *record.StreamStats
+	Logs      []record.Log
+	Controls  []record.ControlChange
+	// Other holds records of the Python hook, eBPF and any type this build does not
+	// decode itself, by type, as framed bytes.
+	Other   map[record.Type][][]byte
+	Unknown int // records of types this build does not know
+}
+
+// Load reads a session directory or a bundle.
+func Load(path string) (*Session, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return loadDir(path)
+	}
+	name, members, err := ReadBundle(path)
+	if err != nil && len(members) == 0 {
+		return nil, err
+	}
+	s := &Session{Name: name}
+	if err != nil {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("bundle is damaged; salvaged %d members: %v", len(members), err))
+	}
+	for _, m := range members {
+		switch {
+		case m.Name == "metadata.json":
+			if err := json.Unmarshal(m.Data, &s.Metadata); err != nil {
+				s.Warnings = append(s.Warnings, "metadata.json unreadable: "+err.Error())
+			}
+		case strings.HasPrefix(m.Name, "raw/") && strings.HasSuffix(m.Name, ".pmr"):
+			s.addStream(m.Name, bytes.NewReader(m.Data))
+		}
+	}
+	s.finish()
+	return s, nil
+}
+
+func loadDir(dir string) (*Session, error) {
+	s := &Session{Name: filepath.Base(dir)}
+	if b, err := os.ReadFile(filepath.Join(dir, "metadata.json")); err == nil {
+		if err := json.Unmarshal(b, &s.Metadata); err != nil {
+			s.Warnings = append(s.Warnings, "metadata.json unreadable: "+err.Error())
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "raw", "*.pmr"))
+	if len(files) == 0 && s.Metadata == nil {
+		return nil, fmt.Errorf("%s is not a session directory (no metadata.json, no raw/*.pmr)", dir)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			s.Warnings = append(s.Warnings, err.Error())
+			continue
+		}
+		s.addStream("raw/"+filepath.Base(f), fh)
+		fh.Close()
+	}
+	s.finish()
+	return s, nil
+}
+
+func (s *Session) addStream(name string, r io.Reader) {
+	rr, err := record.NewRawReader(r)
+	if err != nil {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v", name, err))
+		return
+	}
+	st := &Stream{File: name, Meta: rr.Meta, Names: map[uint32]string{}, Other: map[record.Type][][]byte{}}
+	for {
+		rec, err := rr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v (records before it are kept)", name, err))
+			break
+		}
+		if err := st.decode(rec); err != nil {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%s at offset %d: %v", name, rr.Offset()-int64(len(rec)), err))
+		}
+	}
+	s.Streams = append(s.Streams, st)
+}
+
+func (st *Stream) decode(rec []byte) error {
+	var err error
+	switch t := record.TypeOf(rec); t {
+	case record.TypeKernel:
+		var k record.Kernel
+		if k, err = record.DecodeKernel(rec); err == nil {
+			st.Kernels = append(st.Kernels, k)
+		}
+	case record.TypeKernelName:
+		var n record.KernelName
+		if n, err = record.DecodeKernelName(rec); err == nil {
+			st.Names[n.NameID] = string(n.Name)
+		}
+	case record.TypeGraphTrace:
+		var g record.GraphTrace
+		if g, err = record.DecodeGraphTrace(rec); err == nil {
+			st.Graphs = append(st.Graphs, g)
+		}
+	case record.TypeMemcpy:
+		var m record.Memcpy
+		if m, err = record.DecodeMemcpy(rec); err == nil {
+			st.Memcpys = append(st.Memcpys, m)
+		}
+	case record.TypeMemset:
+		var m record.Memset
+		if m, err = record.DecodeMemset(rec); err == nil {
+			st.Memsets = append(st.Memsets, m)
+		}
+	case record.TypeSync:
+		var x record.Sync
+		if x, err = record.DecodeSync(rec); err == nil {
+			st.Syncs = append(st.Syncs, x)
+		}
+	case record.TypeAPI:
+		var x record.API
+		if x, err = record.DecodeAPI(rec); err == nil {
+			st.APIs = append(st.APIs, x)
+		}
+	case record.TypeOverhead:
+		var x record.Overhead
+		if x, err = record.DecodeOverhead(rec); err == nil {
+			st.Overheads = append(st.Overheads, x)
+		}
+	case record.TypeProcessInfo:
+		var x record.ProcessInfo
+		if x, err = record.DecodeProcessInfo(rec); err == nil {
+			x.Text = append([]byte(nil), x.Text...)
+			st.Process = &x
+		}
+	case record.TypeStreamStats:
+		var x record.StreamStats
+		if x, err = record.DecodeStreamStats(rec); err == nil {
+			st.Stats = &x
+		}
+	case record.TypeLog:
+		var x record.Log
+		if x, err = record.DecodeLog(rec); err == nil {
+			x.Text = append([]byte(nil), x.Text...)
+			st.Logs = append(st.Logs, x)
+		}
+	case record.TypeControlChange:
+		var x record.ControlChange
+		if x, err = record.DecodeControlChange(rec); err == nil {
+			st.Controls = append(st.Controls, x)
+		}
+	default:
+		if _, ok := record.Specs[t]; !ok {
+			st.Unknown++
+		}
+		st.Other[t] = append(st.Other[t], append([]byte(nil), rec...))
+	}
+	return err
+}
+
+func (s *Session) finish() {
+	sort.Slice(s.Streams, func(i, j int) bool { return s.Streams[i].File < s.Streams[j].File })
+	if v, ok := s.Metadata["start_monotonic_ns"].(float64); ok && v > 0 {
+		s.StartNs = uint64(v)
+		return
+	}
+	var min uint64
+	upd := func(t uint64) {
+		if t != 0 && (min == 0 || t < min) {
+			min = t
+		}
+	}
+	for _, st := range s.Streams {
+		for _, k := range st.Kernels {
+			upd(k.StartNS)
+		}
+		for _, g := range st.Graphs {
+			upd(g.StartNS)
+		}
+		for _, a := range st.APIs {
+			upd(a.StartNS)
+		}
+	}
+	s.StartNs = min
+}
+
+// Sec converts a CLOCK_MONOTONIC timestamp to seconds since the session start.
+func (s *Session) Sec(ns uint64) float64 {
+	if ns < s.StartNs {
+		return -float64(s.StartNs-ns) / 1e9
+	}
+	return float64(ns-s.StartNs) / 1e9
+}
