@@ -452,3 +452,14 @@ func nsLast(pid int) int {
 	}
 	return 0
 }
+
+// Sources lists the sources of the streams collected so far (one entry per stream).
+func (c *Collector) Sources() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, s := range c.streams {
+		out = append(out, s.info.Source)
+	}
+	return out
+}
