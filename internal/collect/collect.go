@@ -244,7 +244,7 @@ func (c *Collector) scan() {
 			continue
 		}
 		for _, fd := range found {
-			f, err := os.Open(fd.Path)
+			f, err := os.OpenFile(fd.Path, os.O_RDWR, 0)
 			if err != nil {
 				c.opts.Log.Debug("opening ring", "path", fd.Path, "err", err)
 				continue
