@@ -1,0 +1,39 @@
+from dataclasses import dataclass
+
+from vllm.config.compilation import CUDAGraphMode
+
+
+@dataclass(frozen=True)
+class BatchExecutionDescriptor:
+    cg_mode: CUDAGraphMode
+    num_tokens: int
+    num_reqs: int | None
+    uniform_token_count: int | None = None
+    max_query_len: int | None = None
+    num_active_loras: int = 0
+    num_ubatches: int = 1
+
+
+class CudaGraphManager:
+    def __init__(self, sizes=(1, 2, 4, 8)):
+        self.sizes = sizes
+        self.graphs = {}
+
+    def dispatch(self, num_reqs, num_tokens, uniform_token_count, num_active_loras, max_query_len=None,
+                 num_ubatches=1):
+        for s in self.sizes:
+            if s >= num_tokens:
+                if uniform_token_count is not None:
+                    return BatchExecutionDescriptor(CUDAGraphMode.FULL, s, s // uniform_token_count,
+                                                    uniform_token_count, max_query_len, num_active_loras)
+                return BatchExecutionDescriptor(CUDAGraphMode.PIECEWISE, s, None, None, None, num_active_loras)
+        return BatchExecutionDescriptor(CUDAGraphMode.NONE, num_tokens, None)
+
+    def capture(self, create_forward_fn, progress_bar_desc="Capturing CUDA graphs"):
+        for s in self.sizes[:2]:
+            desc = BatchExecutionDescriptor(CUDAGraphMode.FULL, s, s, 1)
+            fn = create_forward_fn(desc, warmup=True)
+            fn(CUDAGraphMode.NONE)
+            fn = create_forward_fn(desc, warmup=False)
+            fn(CUDAGraphMode.NONE)
+            self.graphs[desc] = object()
