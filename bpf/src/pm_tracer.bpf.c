@@ -256,6 +256,69 @@ static __always_inline __u64 pm_read_u64(__u64 addr, __u16 *flags)
 	return v;
 }
 
+struct pm_walk_ctx {
+	__u32 pid, tid;
+	__u64 now;
+	__u64 frame;
+	__u32 code_off, prev_off, owner_off, skip_min;
+	__u64 mask;
+	__u32 emitted;
+	__u32 stop;
+	struct pm_walk *w;
+};
+
+// pm_walk_step reads one frame; returns 1 to stop the walk.
+static long pm_walk_step(__u64 i, void *arg)
+{
+	struct pm_walk_ctx *c = arg;
+	struct pm_walk *w = c->w;
+	__u64 frame = c->frame;
+	if (!frame) {
+		c->stop = 1;
+		return 1;
+	}
+	__u64 code = 0, prev = 0;
+	if (bpf_probe_read_user(&code, sizeof(code), (const void *)(frame + c->code_off)) != 0 ||
+	    bpf_probe_read_user(&prev, sizeof(prev), (const void *)(frame + c->prev_off)) != 0) {
+		w->flags |= PM_F_READ_FAIL;
+		pm_drop(PM_DROP_READ);
+		c->stop = 1;
+		return 1;
+	}
+	w->depth = i + 1;
+	c->frame = prev;
+	if (c->owner_off != PM_NONE) {
+		__u8 owner = 0;
+		bpf_probe_read_user(&owner, 1, (const void *)(frame + c->owner_off));
+		if (owner >= c->skip_min)
+			return 0;
+	}
+	code &= c->mask;
+	if (!code)
+		return 0;
+	if (!w->py_code)
+		w->py_code = code;
+	struct pm_code_key ck = {.pid = c->pid, .code = code};
+	struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
+	if (cv) {
+		if (cv->phase) {
+			w->phase = cv->phase;
+			w->phase_code = code;
+			c->stop = 1;
+			return 1;
+		}
+		return 0;
+	}
+	// First sight in this process: remember it as "not a phase" and tell user space, which
+	// names it and upgrades it if it is a phase function.
+	struct pm_code_val nv = {};
+	if (bpf_map_update_elem(&pm_codes, &ck, &nv, BPF_NOEXIST) == 0 && c->emitted < 16) {
+		c->emitted++;
+		pm_code_seen(c->pid, c->tid, code, c->now);
+	}
+	return 0;
+}
+
 // pm_python_walk fills w with the innermost Python code object and the innermost phase frame.
 static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, struct pm_walk *w)
 {
@@ -290,63 +353,26 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 	if (frame && pc->cframe_frame != PM_NONE)
 		frame = pm_read_u64(frame + pc->cframe_frame, &w->flags);
 
-	__u32 code_off = pc->frame_code, prev_off = pc->frame_prev, owner_off = pc->frame_owner;
-	__u32 skip_min = pc->owner_skip_min;
-	__u64 mask = pc->code_mask;
+	struct pm_walk_ctx c = {
+		.pid = pid,
+		.tid = tid,
+		.now = now,
+		.frame = frame,
+		.code_off = pc->frame_code,
+		.prev_off = pc->frame_prev,
+		.owner_off = pc->frame_owner,
+		.skip_min = pc->owner_skip_min,
+		.mask = pc->code_mask,
+		.w = w,
+	};
 	__u32 limit = pm_max_depth;
 	if (limit > PM_MAX_DEPTH)
 		limit = PM_MAX_DEPTH;
-	__u32 emitted = 0;
-
-	for (__u32 i = 0; i < PM_MAX_DEPTH; i++) {
-		if (!frame)
-			return;
-		if (i >= limit) {
-			w->flags |= PM_F_WALK_LIMIT;
-			pm_drop(PM_DROP_WALK_LIMIT);
-			return;
-		}
-		__u64 code = 0, prev = 0;
-		if (bpf_probe_read_user(&code, sizeof(code), (const void *)(frame + code_off)) != 0 ||
-		    bpf_probe_read_user(&prev, sizeof(prev), (const void *)(frame + prev_off)) != 0) {
-			w->flags |= PM_F_READ_FAIL;
-			pm_drop(PM_DROP_READ);
-			return;
-		}
-		w->depth = i + 1;
-		if (owner_off != PM_NONE) {
-			__u8 owner = 0;
-			bpf_probe_read_user(&owner, 1, (const void *)(frame + owner_off));
-			if (owner >= skip_min) {
-				frame = prev;
-				continue;
-			}
-		}
-		code &= mask;
-		if (!code) {
-			frame = prev;
-			continue;
-		}
-		if (!w->py_code)
-			w->py_code = code;
-		struct pm_code_key ck = {.pid = pid, .code = code};
-		struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
-		if (cv) {
-			if (cv->phase) {
-				w->phase = cv->phase;
-				w->phase_code = code;
-				return;
-			}
-		} else {
-			struct pm_code_val nv = {};
-			// First sight in this process: remember it as "not a phase" and tell user space,
-			// which names it and upgrades it if it is a phase function.
-			if (bpf_map_update_elem(&pm_codes, &ck, &nv, BPF_NOEXIST) == 0 && emitted < 16) {
-				emitted++;
-				pm_code_seen(pid, tid, code, now);
-			}
-		}
-		frame = prev;
+	// bpf_loop (5.17+): the verifier checks the step once instead of unrolling the walk.
+	bpf_loop(limit, pm_walk_step, &c, 0);
+	if (c.frame && !c.stop) {
+		w->flags |= PM_F_WALK_LIMIT;
+		pm_drop(PM_DROP_WALK_LIMIT);
 	}
 }
 

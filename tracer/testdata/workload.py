@@ -1,0 +1,63 @@
+"""eBPF test workload: vLLM-shaped phases calling a fake libcuda through ctypes.
+
+usage: workload.py STEPS [--fork N] [--spawn N] [--depth D]
+Prints "ready <pid>", then for each "go" line on stdin runs STEPS engine steps (each followed by
+one launch outside every phase) and prints "done <child pids>"; exits at EOF.
+--fork N: in the first round, fork N children (os.fork) that each run STEPS steps and exit.
+--spawn N: in the first round, also start N children with subprocess (fork+exec of this interpreter) that run
+STEPS steps without waiting.
+"""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fakecuda  # noqa: E402
+from vllm.v1.engine.core import EngineCore  # noqa: E402
+
+
+def run(steps, depth):
+    core = EngineCore(depth)
+    for _ in range(steps):
+        core.step()
+        fakecuda.launch(1)  # outside every phase
+
+
+def main():
+    args = sys.argv[1:]
+    steps = int(args[0])
+    fork = int(args[args.index("--fork") + 1]) if "--fork" in args else 0
+    spawn = int(args[args.index("--spawn") + 1]) if "--spawn" in args else 0
+    depth = int(args[args.index("--depth") + 1]) if "--depth" in args else 20
+    child = "--child" in args
+    if child:
+        run(steps, depth)
+        return
+    print("ready", os.getpid(), flush=True)
+    first = True
+    while sys.stdin.readline().strip() == "go":
+        kids = round_(steps, depth, fork if first else 0, spawn if first else 0)
+        first = False
+        print("done", " ".join(str(k) for k in kids), flush=True)
+
+
+def round_(steps, depth, fork, spawn):
+    kids = []
+    for _ in range(fork):
+        pid = os.fork()
+        if pid == 0:
+            run(steps, depth)
+            os._exit(0)
+        kids.append(pid)
+    procs = [subprocess.Popen([sys.executable, __file__, str(steps), "--child", "--depth", str(depth)])
+             for _ in range(spawn)]
+    run(steps, depth)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    for pr in procs:
+        pr.wait()
+    return kids + [pr.pid for pr in procs]
+
+
+if __name__ == "__main__":
+    main()

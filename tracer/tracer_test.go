@@ -1,0 +1,478 @@
+//go:build linux
+
+package tracer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/profilemate/profilemate-trace/bpf"
+	"github.com/profilemate/profilemate-trace/internal/pyproc/pyproctest"
+	"github.com/profilemate/profilemate-trace/internal/record"
+)
+
+// requirePrivileged skips a test that needs root, except under CI=true where a skip would hide
+// a broken setup: there it fails.
+func requirePrivileged(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("test requires root (CI=true: privileged tests must run)")
+	}
+	t.Skip("test requires root")
+}
+
+var (
+	fakeOnce sync.Once
+	fakePath string
+	fakeErr  error
+)
+
+// fakeCuda builds bpf/testdata/fakecuda.c into a libcuda.so.1 once per test binary.
+func fakeCuda(t testing.TB) string {
+	t.Helper()
+	fakeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pm-fakecuda-")
+		if err != nil {
+			fakeErr = err
+			return
+		}
+		fakePath = filepath.Join(dir, "libcuda.so.1")
+		cc := os.Getenv("CC")
+		if cc == "" {
+			cc = "cc"
+		}
+		out, err := exec.Command(cc, "-shared", "-fPIC", "-O0", "-fno-omit-frame-pointer", "-fcf-protection=none",
+			"-Wl,-soname,libcuda.so.1", "-o", fakePath, "../bpf/testdata/fakecuda.c").CombinedOutput()
+		if err != nil {
+			fakeErr = fmt.Errorf("building fake libcuda: %v: %s", err, out)
+		}
+	})
+	if fakeErr != nil {
+		t.Fatal(fakeErr)
+	}
+	return fakePath
+}
+
+// workload is a running tracer/testdata/workload.py.
+type workload struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Reader
+	pid   int
+	kids  []int
+	doneC chan error
+}
+
+func startWorkload(t *testing.T, python string, args ...string) *workload {
+	t.Helper()
+	lib := fakeCuda(t)
+	cmd := exec.Command(python, append([]string{"testdata/workload.py"}, args...)...)
+	cmd.Env = append(os.Environ(), "PM_FAKECUDA="+lib)
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	outp, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w := &workload{cmd: cmd, in: in, out: bufio.NewReader(outp), pid: cmd.Process.Pid}
+	t.Cleanup(func() { in.Close(); cmd.Process.Kill(); cmd.Wait() })
+	line, err := w.out.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready") {
+		t.Fatalf("workload did not start: %q %v", line, err)
+	}
+	return w
+}
+
+// round runs one round of steps and returns the child pids it reported.
+func (w *workload) round(t *testing.T) []int {
+	t.Helper()
+	if _, err := io.WriteString(w.in, "go\n"); err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		line string
+		err  error
+	}
+	c := make(chan res, 1)
+	go func() { l, err := w.out.ReadString('\n'); c <- res{l, err} }()
+	select {
+	case r := <-c:
+		if r.err != nil || !strings.HasPrefix(r.line, "done") {
+			t.Fatalf("workload round: %q %v", r.line, r.err)
+		}
+		var kids []int
+		for _, f := range strings.Fields(r.line)[1:] {
+			var k int
+			fmt.Sscan(f, &k)
+			kids = append(kids, k)
+		}
+		return kids
+	case <-time.After(60 * time.Second):
+		t.Fatal("workload round timed out")
+	}
+	return nil
+}
+
+// collector is a Sink that keeps every record per pid.
+type collector struct {
+	mu   sync.Mutex
+	recs map[int][][]byte
+}
+
+func (c *collector) sink(pid int, rec []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.recs == nil {
+		c.recs = map[int][][]byte{}
+	}
+	c.recs[pid] = append(c.recs[pid], append([]byte(nil), rec...))
+	return nil
+}
+
+func (c *collector) of(pid int, typ record.Type) [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out [][]byte
+	for _, r := range c.recs[pid] {
+		if ty, _, _ := record.Peek(r); ty == typ {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// expectedPerStep is what one EngineCore.step plus the launch after it issue (see testdata/vllm).
+var expectedPerStep = map[string]uint64{
+	"scheduler.schedule/cuMemcpyHtoDAsync_v2":   2,
+	"runner.prepare_inputs/cuMemsetD32Async":    3,
+	"runner.execute_model/cuLaunchKernel":       5,
+	"runner.execute_model/cuLaunchKernelEx":     1,
+	"runner.execute_model/cuGraphLaunch":        1,
+	"sampler.forward/cuLaunchKernel":            4,
+	"runner.sample_tokens/cuMemcpyDtoHAsync_v2": 1,
+	"runner.sample_tokens/cuStreamSynchronize":  1,
+	"scheduler.update/cuLaunchKernel_ptsz":      1,
+	"engine.step/cuCtxSynchronize":              1,
+	"-/cuLaunchKernel":                          1,
+}
+
+func scaled(n uint64) map[string]uint64 {
+	m := map[string]uint64{}
+	for k, v := range expectedPerStep {
+		m[k] = v * n
+	}
+	return m
+}
+
+func key(tab *PhaseTable, phase, api uint16) string {
+	p := tab.Name(phase)
+	if p == "" {
+		p = "-"
+	}
+	a, _ := APIByID(api)
+	return p + "/" + a.Symbol
+}
+
+// recordCounts counts ebpf_launch and ebpf_sync records of pid by (phase, API).
+func recordCounts(t *testing.T, c *collector, tab *PhaseTable, pid int) map[string]uint64 {
+	t.Helper()
+	m := map[string]uint64{}
+	for _, b := range c.of(pid, record.TypeEbpfLaunch) {
+		r, err := record.DecodeEbpfLaunch(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[key(tab, r.Phase, r.API)]++
+		checkArgs(t, r)
+	}
+	for _, b := range c.of(pid, record.TypeEbpfSync) {
+		r, err := record.DecodeEbpfSync(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[key(tab, r.Phase, r.API)]++
+		if r.EndNS-r.StartNS < 900_000 {
+			t.Errorf("sync %s waited %d ns, the fake sleeps 1 ms", key(tab, r.Phase, r.API), r.EndNS-r.StartNS)
+		}
+	}
+	return m
+}
+
+// checkArgs verifies the argument decoding against the values testdata/fakecuda.py passes.
+func checkArgs(t *testing.T, r record.EbpfLaunch) {
+	a, _ := APIByID(r.API)
+	want := map[string][3]uint64{ // handle, stream, bytes
+		"cuLaunchKernel":       {0xF00D, 0x5157, 0},
+		"cuLaunchKernel_ptsz":  {0xF00D, 0x5157, 0},
+		"cuLaunchKernelEx":     {0xF00E, 0x5158, 0},
+		"cuGraphLaunch":        {0x6EA0, 0x5159, 0},
+		"cuMemcpyHtoDAsync_v2": {0xD000, 0x5157, 4096},
+		"cuMemcpyDtoHAsync_v2": {0x1000, 0x5157, 64},
+		"cuMemsetD32Async":     {0xD000, 0x5157, 1024},
+	}[a.Symbol]
+	if got := [3]uint64{r.Handle, r.Stream, r.Bytes}; got != want {
+		t.Errorf("%s: handle/stream/bytes %#x, want %#x", a.Symbol, got, want)
+	}
+	if r.Flags&(bpf.FlagNoTstate|bpf.FlagReadFail|bpf.FlagWalkLimit|bpf.FlagNoPyConf) != 0 {
+		t.Errorf("%s: flags %#x", a.Symbol, r.Flags)
+	}
+}
+
+func counterCounts(tr *Tracer, tab *PhaseTable, pid int) map[string]uint64 {
+	m := map[string]uint64{}
+	for _, c := range tr.Counters() {
+		if c.Pid == pid {
+			m[key(tab, c.Phase, c.API)] += c.Count
+		}
+	}
+	return m
+}
+
+func diff(got, want map[string]uint64) string {
+	var ks []string
+	seen := map[string]bool{}
+	for k := range got {
+		ks, seen[k] = append(ks, k), true
+	}
+	for k := range want {
+		if !seen[k] {
+			ks = append(ks, k)
+		}
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for _, k := range ks {
+		if got[k] != want[k] {
+			fmt.Fprintf(&b, "  %s: got %d want %d\n", k, got[k], want[k])
+		}
+	}
+	return b.String()
+}
+
+// ourLinks counts BPF links whose program is one of ours.
+func ourLinks(t *testing.T) int {
+	t.Helper()
+	n := 0
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		p, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := p.Info()
+		p.Close()
+		if err == nil && strings.HasPrefix(pi.Name, "pm_") {
+			n++
+		}
+	}
+	return n
+}
+
+func uprobeEventsMention(path string) bool {
+	for _, f := range []string{"/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events"} {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), path) {
+			return true
+		}
+	}
+	return false
+}
+
+// traceRound attaches a fresh tracer to w, runs one round, stops and returns the records.
+func traceRound(t *testing.T, cfg Config, w *workload) (*collector, *Tracer, []int) {
+	t.Helper()
+	tr, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	if err := tr.Attach(w.pid); err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- tr.Run(ctx, c.sink) }()
+	kids := w.round(t)
+	time.Sleep(200 * time.Millisecond) // let the reader catch up with the last samples
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+	return c, tr, kids
+}
+
+const steps = 25
+
+func TestAttachRunningPython(t *testing.T) {
+	requirePrivileged(t)
+	pys := supportedPythons(t)
+	for _, py := range pys {
+		t.Run(filepath.Base(filepath.Dir(filepath.Dir(py)))+"-"+filepath.Base(py), func(t *testing.T) {
+			w := startWorkload(t, py, fmt.Sprint(steps))
+			tab, _ := LoadPhaseTable("")
+			for round := 0; round < 2; round++ { // attach, detach, reattach
+				before := ourLinks(t)
+				c, tr, _ := traceRound(t, Config{Phases: tab}, w)
+				want := scaled(steps)
+				if d := diff(recordCounts(t, c, tab, w.pid), want); d != "" {
+					t.Fatalf("round %d: launch/sync records by phase differ:\n%s", round, d)
+				}
+				if d := diff(counterCounts(tr, tab, w.pid), want); d != "" {
+					t.Fatalf("round %d: in-kernel counters differ:\n%s", round, d)
+				}
+				if n := len(c.of(w.pid, record.TypeEbpfPhaseCounter)); n != len(want) {
+					t.Errorf("round %d: %d phase_counter records, want %d", round, n, len(want))
+				}
+				st := tr.Stats()
+				if len(st.Drops) != 0 {
+					t.Errorf("round %d: drops %v", round, st.Drops)
+				}
+				if ourLinks(t) <= before {
+					t.Errorf("round %d: no links of ours while attached", round)
+				}
+				if err := tr.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if err := tr.Close(); err != nil { // idempotent
+					t.Fatal(err)
+				}
+				if n := ourLinks(t); n != 0 {
+					t.Fatalf("round %d: %d links of ours left after Close", round, n)
+				}
+				if uprobeEventsMention(fakeCuda(t)) {
+					t.Fatalf("round %d: uprobe_events still mentions the fake libcuda", round)
+				}
+				t.Logf("round %d: %d launches, %d syncs, %d code objects named, uprobe_multi=%v; procs %+v",
+					round, st.Launches, st.Syncs, st.CodesNamed, st.UprobeMulti, st.Procs)
+			}
+			// The target keeps working after detach.
+			w.round(t)
+		})
+	}
+}
+
+// supportedPythons returns the interpreters the tracer supports (3.10-3.13) found here.
+func supportedPythons(t *testing.T) []string {
+	var out []string
+	for _, py := range pyproctest.Interpreters() {
+		if m := pyproctest.Minor(py); m >= 10 && m <= 13 {
+			out = append(out, py)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no CPython 3.10-3.13 found")
+	}
+	return out
+}
+
+func TestFollowChildren(t *testing.T) {
+	requirePrivileged(t)
+	py := supportedPythons(t)[0]
+	for _, wide := range []bool{false, true} {
+		t.Run(fmt.Sprintf("systemwide=%v", wide), func(t *testing.T) {
+			w := startWorkload(t, py, fmt.Sprint(steps), "--fork", "2", "--spawn", "1")
+			tab, _ := LoadPhaseTable("")
+			c, tr, kids := traceRound(t, Config{Phases: tab, SystemWide: wide}, w)
+			if len(kids) != 3 {
+				t.Fatalf("children %v, want 3", kids)
+			}
+			want := scaled(steps)
+			if d := diff(recordCounts(t, c, tab, w.pid), want); d != "" {
+				t.Fatalf("parent: records differ:\n%s", d)
+			}
+			for i, k := range kids {
+				got := counterCounts(tr, tab, k)
+				var total, phased uint64
+				for key, n := range got {
+					total += n
+					if !strings.HasPrefix(key, "-/") {
+						phased += n
+					}
+				}
+				if wide {
+					// Probes on the file: a child is traced from its first call, whether it was
+					// forked (i < 2) or forked and exec'd (spawn).
+					if i < 2 {
+						if d := diff(got, want); d != "" {
+							t.Errorf("child %d (fork): counters differ:\n%s", k, d)
+						}
+					} else if total != totalOf(want) {
+						t.Errorf("child %d (spawn): %d calls counted, want %d", k, total, totalOf(want))
+					}
+				} else if total == 0 {
+					t.Errorf("child %d: no calls counted", k)
+				}
+				var exits int
+				for _, b := range c.of(k, record.TypeEbpfProc) {
+					if r, _ := record.DecodeEbpfProc(b); r.Event == 3 {
+						exits++
+					}
+				}
+				if exits != 1 {
+					t.Errorf("child %d: %d exit events, want 1", k, exits)
+				}
+				t.Logf("child %d: %d calls counted, %d with a phase", k, total, phased)
+			}
+		})
+	}
+}
+
+func totalOf(m map[string]uint64) uint64 {
+	var s uint64
+	for _, v := range m {
+		s += v
+	}
+	return s
+}
+
+func TestAttachErrors(t *testing.T) {
+	requirePrivileged(t)
+	tr, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Attach(1 << 30); err == nil || !strings.Contains(err.Error(), "no such process") {
+		t.Fatalf("missing pid: %v", err)
+	}
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }()
+	if err := tr.Attach(sleep.Process.Pid); !errors.Is(err, ErrNoLibcuda) {
+		t.Fatalf("process without libcuda: %v", err)
+	}
+	st := tr.Stats()
+	for _, p := range st.Procs {
+		if p.Pid == sleep.Process.Pid && !strings.Contains(p.PythonErr, "no CPython") {
+			t.Errorf("not-Python status %q", p.PythonErr)
+		}
+	}
+	var nilT *Tracer
+	if err := nilT.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
