@@ -7,6 +7,8 @@ BIN         := bin/profilemate-trace
 LDFLAGS     := -X main.version=$(VERSION)
 GPU_DIST    := .gpu
 GOTESTFLAGS ?=
+# go-nvml declares deprecated NVML calls; their warnings are noise in every cgo build.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 .DEFAULT_GOAL := all
 

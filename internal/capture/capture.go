@@ -235,15 +235,19 @@ func childEnv(env []string, cfg RunConfig, sock, sessDir string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := set[k]; !ok {
-			out = append(out, kv)
+		if _, ok := set[k]; ok || cliOnly[k] {
+			continue
 		}
+		out = append(out, kv)
 	}
 	for k, v := range set {
 		out = append(out, k+"="+v)
 	}
 	return out
 }
+
+// cliOnly are variables the CLI reads; the agent would warn about them as unknown.
+var cliOnly = map[string]bool{"PROFILEMATE_DETAIL": true, "PROFILEMATE_AGENT": true}
 
 func lookup(env []string, key string) string {
 	for _, kv := range env {
