@@ -66,7 +66,7 @@ Examples:
   profilemate-trace export /tmp/vllm_profiling/session_20261127_101500.tar.zst -o ./out`,
 		EnableBashCompletion: true,
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"VLLM_PROFILING_VERBOSE"}, Usage: "log progress and details to stderr"},
+			&cli.BoolFlag{Name: "verbose", EnvVars: []string{"VLLM_PROFILING_VERBOSE"}, Usage: "log progress and details to stderr"},
 		},
 		Commands:       []*cli.Command{runCommand(), exportCommand()},
 		ExitErrHandler: func(c *cli.Context, err error) {},

@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 		Sources: map[string]string{}}
 	md.GPU = meta.ProbeGPU()
 	if !md.GPU.Available {
-		warnings = append(warnings, "no NVIDIA GPU visible ("+md.GPU.Reason+"); the command runs untraced on the GPU side")
+		warnings = append(warnings, "NVML not available ("+md.GPU.Reason+"): GPU and driver details are missing from metadata.json")
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(cfg.Stderr, "profilemate-trace: "+w)
