@@ -1058,8 +1058,9 @@ static void final_flush(void)
 	}
 	emit_agent_stats(1);
 	emit_stream_stats();
-	if (!G.passive)
-		__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_EXITED, __ATOMIC_RELEASE);
+	uint32_t running = PM_STATE_RUNNING; /* passive and failed stay as they are */
+	__atomic_compare_exchange_n(&G.ring.hdr->producer_state, &running, PM_STATE_EXITED, 0, __ATOMIC_RELEASE,
+				    __ATOMIC_RELAXED);
 }
 
 static void *pm_thread_main(void *arg)

@@ -1,0 +1,61 @@
+package cupti
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/profilemate/profilemate-trace/internal/ring"
+)
+
+// ErrNotAvailable is returned where GPU tracing cannot work in this build or on
+// this machine (no cgo for the test driver, no agent in the target).
+var ErrNotAvailable = errors.New("cupti: GPU tracing not available")
+
+// ErrNoAck is returned when the agent did not acknowledge a control change in time.
+var ErrNoAck = errors.New("cupti: agent did not acknowledge the control change")
+
+// ControlYield is the control_enable value that asks the agent to hand CUPTI
+// back to other tools (flush, disable, unsubscribe; passive afterwards).
+const ControlYield = 2
+
+// Enable turns collection on at the given detail level and waits up to timeout
+// for the agent's acknowledgement (the agent polls its control word every 25 ms).
+func Enable(r *ring.Reader, detail ring.Detail, timeout time.Duration) error {
+	r.Heartbeat()
+	r.SetControl(true, detail, 0)
+	return WaitAck(r, timeout)
+}
+
+// Disable turns collection off (dormant) and waits for the acknowledgement.
+// The agent flushes what was collected before it acknowledges.
+func Disable(r *ring.Reader, timeout time.Duration) error {
+	r.SetControl(false, r.Header().ControlDetail, 0)
+	return WaitAck(r, timeout)
+}
+
+// Yield asks the agent to release CUPTI (for torch.profiler in the same
+// process) and waits for the acknowledgement. The agent stays passive afterwards.
+func Yield(r *ring.Reader, timeout time.Duration) error {
+	r.SetControlRaw(ControlYield, r.Header().ControlDetail, 0)
+	return WaitAck(r, timeout)
+}
+
+// WaitAck waits until control_ack equals control_seq, or until the producer is
+// no longer running (then it returns an error naming the state).
+func WaitAck(r *ring.Reader, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		h := r.Header()
+		if h.ControlAck == h.ControlSeq {
+			return nil
+		}
+		if h.ProducerState != ring.StateRunning && h.ProducerState != ring.StateInit {
+			return fmt.Errorf("%w: producer state %d", ErrNoAck, h.ProducerState)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w within %v (seq %d, ack %d)", ErrNoAck, timeout, h.ControlSeq, h.ControlAck)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
