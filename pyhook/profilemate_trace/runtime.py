@@ -459,20 +459,40 @@ def start(cfg, started_by):
         report_once("start", "could not start (%r); vLLM runs untraced" % (e,))
         return
     atexit.register(shutdown)
+    _mp_finalizer()
     try:
         import multiprocessing.util as mpu
 
-        # fork children leave through os._exit after running multiprocessing finalizers
-        mpu.Finalize(None, shutdown, exitpriority=-100)
+        # multiprocessing clears inherited finalizers at the start of a forked child and then
+        # runs its after-fork callbacks: re-register there (fork children leave via os._exit)
+        mpu.register_after_fork(_AFTER_FORK_KEY, lambda _o: _mp_finalizer())
     except Exception:
         pass
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_child)
 
 
+class _Key:
+    pass
+
+
+_AFTER_FORK_KEY = _Key()
+
+
+def _mp_finalizer():
+    try:
+        import multiprocessing.util as mpu
+
+        mpu.Finalize(None, shutdown, exitpriority=-100)
+    except Exception:
+        pass
+
+
 def _after_fork_child():
     """A forked child must not write into its parent's ring: make a fresh ring and threads."""
-    global RING, ON, _spill, sched_step, worker_step, _thread
+    global RING, ON, _spill, sched_step, worker_step, _thread, _session_root, _shutdown_pid
+    _session_root = False  # the parent prints / exports the session once
+    _shutdown_pid = None
     old = RING
     RING = None
     ON = False
@@ -489,12 +509,7 @@ def _after_fork_child():
         _create_ring(1 | (2 if "vllm" in sys.modules else 0))
         for p in _patches:
             p.reemit_status()
-        try:
-            import multiprocessing.util as mpu
-
-            mpu.Finalize(None, shutdown, exitpriority=-100)
-        except Exception:
-            pass
+        _mp_finalizer()  # plain os.fork() children that exit through sys.exit / atexit
     except Exception as e:
         report_once("fork", "could not re-create the ring after fork (%r); this child runs untraced" % (e,))
 

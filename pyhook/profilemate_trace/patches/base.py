@@ -171,7 +171,8 @@ FINDER = _Finder()
 def add(p):
     rt.register_patch(p)
     mod = sys.modules.get(p.module)
-    if mod is not None:
+    # a module still executing (its import triggered ours) is patched when it finishes
+    if mod is not None and not getattr(getattr(mod, "__spec__", None), "_initializing", False):
         _install(p, mod)
     else:
         WATCH.add(p.module)
