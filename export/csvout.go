@@ -2,7 +2,9 @@ package export
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -89,3 +91,85 @@ func pct(sorted []uint64, p float64) uint64 {
 }
 
 func us(ns uint64) string { return f3(float64(ns) / 1e3) }
+
+// output is one derived file.
+type output interface {
+	fileName() string
+	write(dir string) error
+}
+
+func (t *table) fileName() string { return t.name }
+
+// blob is a derived non-CSV file (JSON, text).
+type blob struct {
+	name string
+	data []byte
+}
+
+func (b *blob) fileName() string { return b.name }
+
+func (b *blob) write(dir string) error {
+	f, err := os.OpenFile(filepath.Join(dir, b.name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b.data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func jsonBlob(name string, v any) *blob {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		b = []byte(fmt.Sprintf("{\"error\": %q}", err.Error()))
+	}
+	return &blob{name: name, data: append(b, '\n')}
+}
+
+// pctStats are the latency percentiles written into *_summary.json.
+type pctStats struct {
+	Count int     `json:"count"`
+	Mean  float64 `json:"mean"`
+	P50   float64 `json:"p50"`
+	P95   float64 `json:"p95"`
+	P99   float64 `json:"p99"`
+	Min   float64 `json:"min"`
+	Max   float64 `json:"max"`
+	Total float64 `json:"total"`
+}
+
+// statsOf returns percentiles of v (any unit; v is sorted in place).
+func statsOf(v []float64) pctStats {
+	if len(v) == 0 {
+		return pctStats{}
+	}
+	sort.Float64s(v)
+	var tot float64
+	for _, x := range v {
+		tot += x
+	}
+	q := func(p float64) float64 {
+		r := int(p/100*float64(len(v))+0.999999999) - 1
+		if r < 0 {
+			r = 0
+		}
+		if r >= len(v) {
+			r = len(v) - 1
+		}
+		return round3(v[r])
+	}
+	return pctStats{Count: len(v), Mean: round3(tot / float64(len(v))), P50: q(50), P95: q(95), P99: q(99), Min: round3(v[0]), Max: round3(v[len(v)-1]), Total: round3(tot)}
+}
+
+func round3(x float64) float64 {
+	if math.IsInf(x, 0) || math.IsNaN(x) {
+		return 0
+	}
+	return math.Round(x*1000) / 1000
+}
+
+func (s *Session) warnf(format string, a ...any) {
+	s.Warnings = append(s.Warnings, fmt.Sprintf(format, a...))
+}

@@ -2,9 +2,6 @@ package export
 
 import (
 	"sort"
-	"strconv"
-
-	"github.com/profilemate/profilemate-trace/cupti"
 )
 
 // Graph descriptor columns documented by ProfileMate; they are filled from the Python hook's
@@ -12,38 +9,44 @@ import (
 var descriptorCols = []string{"runtime_mode", "num_tokens", "num_reqs", "uniform", "has_lora"}
 
 func gpuKernels(s *Session) *table {
+	j := s.join()
 	t := &table{name: "gpu_kernels.csv", header: []string{
 		"kernel_name", "raw_name", "count", "total_us", "mean_us", "p50_us", "p99_us", "graph_count", "eager_count",
-		"min_us", "max_us", "gpu_time_pct", "demangled_name",
+		"min_us", "max_us", "gpu_time_pct", "demangled_name", "category", "prefill_us", "decode_us",
 	}}
 	type agg struct {
-		raw          string
-		d            durStats
-		graph, eager int
+		raw             string
+		d               durStats
+		graph, eager    int
+		prefill, decode uint64
 	}
 	by := map[string]*agg{}
 	var all uint64
-	for _, st := range s.Streams {
-		for _, k := range st.Kernels {
-			raw := st.Names[k.NameID]
-			if raw == "" {
-				raw = "<unknown kernel " + strconv.Itoa(int(k.NameID)) + ">"
+	for _, pid := range j.pids {
+		p := j.procs[pid]
+		for i := range p.gpu {
+			g := &p.gpu[i]
+			if g.kind != kindKernel {
+				continue
 			}
-			a := by[raw]
+			a := by[g.name]
 			if a == nil {
-				a = &agg{raw: raw}
-				by[raw] = a
+				a = &agg{raw: g.name}
+				by[g.name] = a
 			}
-			var d uint64
-			if k.EndNS > k.StartNS {
-				d = k.EndNS - k.StartNS
-			}
+			d := g.dur()
 			a.d.add(d)
 			all += d
-			if k.GraphID != 0 {
+			if g.graphID != 0 {
 				a.graph++
 			} else {
 				a.eager++
+			}
+			switch p.stepPhase(g) {
+			case phasePrefill:
+				a.prefill += d
+			case phaseDecode:
+				a.decode += d
 			}
 		}
 	}
@@ -51,25 +54,33 @@ func gpuKernels(s *Session) *table {
 	for _, a := range by {
 		aggs = append(aggs, a)
 	}
-	sort.Slice(aggs, func(i, j int) bool {
-		ti, tj := aggs[i].d.total(), aggs[j].d.total()
-		if ti != tj {
-			return ti > tj
+	sort.Slice(aggs, func(i, k int) bool {
+		ti, tk := aggs[i].d.total(), aggs[k].d.total()
+		if ti != tk {
+			return ti > tk
 		}
-		return aggs[i].raw < aggs[j].raw
+		return aggs[i].raw < aggs[k].raw
 	})
 	for _, a := range aggs {
-		short, full := cupti.Demangle(a.raw)
+		c := j.classes.class(a.raw)
 		v := a.d.sorted()
 		tot := a.d.total()
 		share := 0.0
 		if all > 0 {
 			share = 100 * float64(tot) / float64(all)
 		}
-		t.add(short, a.raw, itoa(len(v)), us(tot), us(tot/uint64(len(v))), us(pct(v, 50)), us(pct(v, 99)),
-			itoa(a.graph), itoa(a.eager), us(v[0]), us(v[len(v)-1]), f2(share), full)
+		t.add(c.short, a.raw, itoa(len(v)), us(tot), us(tot/uint64(len(v))), us(pct(v, 50)), us(pct(v, 99)),
+			itoa(a.graph), itoa(a.eager), us(v[0]), us(v[len(v)-1]), f2(share), c.full, c.cat, us(a.prefill), us(a.decode))
 	}
 	return t
+}
+
+// stepPhase is the phase of the forward pass that launched g (phaseUnattributed if none).
+func (p *procIndex) stepPhase(g *gpuItem) int {
+	if g.step < 0 {
+		return phaseUnattributed
+	}
+	return int(p.fwd[g.step].rec.Phase)
 }
 
 // graphKey identifies one executable graph: graph ids are per process and device.
@@ -84,69 +95,186 @@ type graphAgg struct {
 	d       durStats
 	first   uint64
 	replays int
+	descs   map[descriptor]int
 }
 
-func graphUsage(s *Session) (*table, *table) {
-	usage := &table{name: "cuda_graph_usage.csv", header: append(append([]string{}, descriptorCols...),
-		"replay_count", "graph_id", "pid", "device_id", "gpu_time_total_us", "gpu_time_mean_us", "gpu_time_p50_us", "gpu_time_p99_us", "first_replay_sec")}
-	timeline := &table{name: "cuda_graph_timeline.csv", header: append([]string{"timestamp_sec"}, append(append([]string{}, descriptorCols...),
-		"graph_id", "pid", "device_id", "stream_id", "correlation_id", "gpu_start_sec", "gpu_end_sec", "gpu_duration_us")...)}
-	by := map[graphKey]*graphAgg{}
-	type row struct {
-		start uint64
-		cells []string
-	}
-	var rows []row
-	for _, st := range s.Streams {
-		for _, g := range st.Graphs {
-			k := graphKey{st.Meta.Pid, g.DeviceID, g.GraphID}
-			a := by[k]
-			if a == nil {
-				a = &graphAgg{key: k, first: g.StartNS}
-				by[k] = a
-			}
-			var d uint64
-			if g.EndNS > g.StartNS {
-				d = g.EndNS - g.StartNS
-			}
-			a.d.add(d)
-			a.replays++
-			if g.StartNS < a.first {
-				a.first = g.StartNS
-			}
-			rows = append(rows, row{g.StartNS, []string{f6(s.Sec(g.StartNS)), "", "", "", "", "",
-				itoa(g.GraphID), itoa(st.Meta.Pid), itoa(g.DeviceID), itoa(g.StreamID), itoa(g.CorrelationID),
-				f6(s.Sec(g.StartNS)), f6(s.Sec(g.EndNS)), us(d)}})
+// best returns the descriptor most replays of the graph were joined to.
+func (a *graphAgg) best() (descriptor, int) {
+	var b descriptor
+	n := 0
+	for d, c := range a.descs {
+		if c > n || (c == n && d.key() < b.key()) {
+			b, n = d, c
 		}
 	}
-	sort.SliceStable(rows, func(i, j int) bool { return rows[i].start < rows[j].start })
-	for _, r := range rows {
-		timeline.add(r.cells...)
+	return b, len(a.descs)
+}
+
+func graphAggs(s *Session) (map[graphKey]*graphAgg, []*graphAgg) {
+	j := s.join()
+	by := map[graphKey]*graphAgg{}
+	for _, pid := range j.pids {
+		p := j.procs[pid]
+		for i := range p.gpu {
+			g := &p.gpu[i]
+			if g.kind != kindGraph {
+				continue
+			}
+			k := graphKey{pid, g.device, g.graphID}
+			a := by[k]
+			if a == nil {
+				a = &graphAgg{key: k, first: g.start, descs: map[descriptor]int{}}
+				by[k] = a
+			}
+			a.d.add(g.dur())
+			a.replays++
+			if g.start < a.first {
+				a.first = g.start
+			}
+			if d, ok := j.graphDesc[[2]int{pid, i}]; ok {
+				a.descs[d]++
+			}
+		}
 	}
 	aggs := make([]*graphAgg, 0, len(by))
 	for _, a := range by {
 		aggs = append(aggs, a)
 	}
-	sort.Slice(aggs, func(i, j int) bool {
-		if aggs[i].replays != aggs[j].replays {
-			return aggs[i].replays > aggs[j].replays
+	sort.Slice(aggs, func(i, k int) bool {
+		if aggs[i].replays != aggs[k].replays {
+			return aggs[i].replays > aggs[k].replays
 		}
-		if aggs[i].key.pid != aggs[j].key.pid {
-			return aggs[i].key.pid < aggs[j].key.pid
+		if aggs[i].key.pid != aggs[k].key.pid {
+			return aggs[i].key.pid < aggs[k].key.pid
 		}
-		return aggs[i].key.graph < aggs[j].key.graph
+		if aggs[i].key.device != aggs[k].key.device {
+			return aggs[i].key.device < aggs[k].key.device
+		}
+		return aggs[i].key.graph < aggs[k].key.graph
 	})
+	return by, aggs
+}
+
+func graphUsage(s *Session) (*table, *table) {
+	j := s.join()
+	usage := &table{name: "cuda_graph_usage.csv", header: append(append([]string{}, descriptorCols...),
+		"replay_count", "graph_id", "pid", "device_id", "gpu_time_total_us", "gpu_time_mean_us", "gpu_time_p50_us", "gpu_time_p99_us", "first_replay_sec",
+		"gpu_time_p95_us", "gpu_time_pct", "descriptor_replays", "descriptors_seen")}
+	timeline := &table{name: "cuda_graph_timeline.csv", header: append([]string{"timestamp_sec"}, append(append([]string{}, descriptorCols...),
+		"graph_id", "pid", "device_id", "stream_id", "correlation_id", "gpu_start_sec", "gpu_end_sec", "gpu_duration_us",
+		"tid", "launch_sec", "step_id", "descriptor_source")...)}
+	by, aggs := graphAggs(s)
+	type row struct {
+		start uint64
+		cells []string
+	}
+	var rows []row
+	for _, pid := range j.pids {
+		p := j.procs[pid]
+		for i := range p.gpu {
+			g := &p.gpu[i]
+			if g.kind != kindGraph {
+				continue
+			}
+			d, ok := j.graphDesc[[2]int{pid, i}]
+			src := "dispatch"
+			if !ok {
+				// Every replay of one graph exec runs the descriptor it was captured for:
+				// take the one its other replays were joined to.
+				if bd, n := by[graphKey{pid, g.device, g.graphID}].best(); n == 1 {
+					d, src = bd, "graph"
+				} else {
+					src = ""
+				}
+			}
+			tid, launch, step := "", "", ""
+			ts := g.start
+			if g.api >= 0 {
+				a := &p.apis[g.api]
+				tid, launch, ts = itoa(a.TID), f6(s.Sec(a.StartNS)), a.StartNS
+			}
+			if g.step >= 0 {
+				step = itoa(p.fwd[g.step].rec.StepID)
+			}
+			cells := append([]string{f6(s.Sec(ts))}, d.cells()...)
+			cells = append(cells, itoa(g.graphID), itoa(pid), itoa(g.device), itoa(g.stream), itoa(g.corr),
+				f6(s.Sec(g.start)), f6(s.Sec(g.end)), us(g.dur()), tid, launch, step, src)
+			rows = append(rows, row{ts, cells})
+		}
+	}
+	sort.SliceStable(rows, func(i, k int) bool { return rows[i].start < rows[k].start })
+	for _, r := range rows {
+		timeline.add(r.cells...)
+	}
+	var all uint64
+	for _, a := range aggs {
+		all += a.d.total()
+	}
 	for _, a := range aggs {
 		v := a.d.sorted()
 		tot := a.d.total()
-		usage.add("", "", "", "", "", itoa(a.replays), itoa(a.key.graph), itoa(a.key.pid), itoa(a.key.device),
-			us(tot), us(tot/uint64(len(v))), us(pct(v, 50)), us(pct(v, 99)), f6(s.Sec(a.first)))
+		d, n := a.best()
+		if n > 1 {
+			s.warnf("graph %d of pid %d was joined to %d different descriptors; cuda_graph_usage.csv shows the most frequent", a.key.graph, a.key.pid, n)
+		}
+		nd := 0
+		for _, c := range a.descs {
+			nd += c
+		}
+		share := 0.0
+		if all > 0 {
+			share = 100 * float64(tot) / float64(all)
+		}
+		usage.add(append(d.cells(), itoa(a.replays), itoa(a.key.graph), itoa(a.key.pid), itoa(a.key.device),
+			us(tot), us(tot/uint64(len(v))), us(pct(v, 50)), us(pct(v, 99)), f6(s.Sec(a.first)),
+			us(pct(v, 95)), f2(share), itoa(nd), itoa(n))...)
 	}
 	return usage, timeline
 }
 
+// graphCaptures lists each distinct captured descriptor once per process (PIECEWISE mode
+// captures one graph per piece for the same descriptor). Throw-away captures made while
+// vLLM measures graph memory (profile_cudagraph_memory) are left out.
 func graphCaptures(s *Session) *table {
-	// Captures are seen only by the Python hook (a capture launches nothing on the GPU);
-	// the joiner fills rows from its capture records.
-	return &table{name: "cuda_graph_captures.csv", header: append(append([]string{}, descriptorCols...), "capture_time_sec")}
+	t := &table{name: "cuda_graph_captures.csv", header: append(append([]string{}, descriptorCols...), "capture_time_sec",
+		"capture_duration_sec", "graphs", "pid")}
+	type key struct {
+		pid int
+		d   descriptor
+	}
+	type agg struct {
+		first uint64
+		dur   uint64
+		n     int
+	}
+	by := map[key]*agg{}
+	var order []key
+	for _, st := range s.Streams {
+		for _, c := range st.Captures {
+			if c.Flags&32 != 0 {
+				continue
+			}
+			d := descriptor{ok: true, mode: c.RuntimeMode, tokens: c.NumTokens, reqs: c.NumReqs, uniform: c.Flags&1 != 0, lora: c.Flags&2 != 0}
+			k := key{st.Meta.Pid, d}
+			a := by[k]
+			if a == nil {
+				a = &agg{first: c.StartNS}
+				by[k] = a
+				order = append(order, k)
+			}
+			if c.StartNS < a.first {
+				a.first = c.StartNS
+			}
+			if c.EndNS > c.StartNS {
+				a.dur += c.EndNS - c.StartNS
+			}
+			a.n++
+		}
+	}
+	sort.SliceStable(order, func(i, k int) bool { return by[order[i]].first < by[order[k]].first })
+	for _, k := range order {
+		a := by[k]
+		t.add(append(k.d.cells(), f3(s.Sec(a.first)), f6(float64(a.dur)/1e9), itoa(a.n), itoa(k.pid))...)
+	}
+	return t
 }

@@ -23,6 +23,9 @@ type Session struct {
 	// StartNs is the session's time origin (CLOCK_MONOTONIC): metadata start_monotonic_ns,
 	// else the earliest timestamp seen.
 	StartNs uint64
+
+	classes *Classifier
+	joined  *join
 }
 
 // Stream is one decoded raw stream.
@@ -42,10 +45,40 @@ type Stream struct {
 	Stats     *record.StreamStats
 	Logs      []record.Log
 	Controls  []record.ControlChange
-	// Other holds records of the Python hook, eBPF and any type this build does not
-	// decode itself, by type, as framed bytes.
+	Agent     []record.AgentStats
+
+	// Python hook records (tails copied).
+	PyProcs    []record.PyProcess
+	PyPatches  []record.PyPatchStatus
+	Dispatches []record.PyGraphDispatch
+	Captures   []record.PyGraphCapture
+	KVBlocks   []record.PyKVBlocks
+	KVConfigs  []record.PyKVConfig
+	SchedSteps []record.PySchedStep
+	Preempts   []record.PyPreempt
+	ReqEvents  []record.PyRequestEvent
+	CPUScopes  []record.PyCPUScope
+	Forwards   []record.PyForward
+	MoECounts  []record.PyMOEExpertCounts
+	MoECosel   []record.PyMOECoselect
+	MoEHists   []record.PyMOEWeightHist
+	Encoders   []record.PyEncoder
+	HookStats  []record.PyHookStats
+
+	// eBPF records (tails copied).
+	Launches     []record.EbpfLaunch
+	BPFSyncs     []record.EbpfSync
+	CodeInfos    []record.EbpfCodeInfo
+	PhaseDefs    []record.EbpfPhaseDef
+	PhaseCounter []record.EbpfPhaseCounter
+	BPFDrops     []record.EbpfDrops
+	BPFProcs     []record.EbpfProc
+
+	// Other holds records of any type this build does not decode itself, by type, as
+	// framed bytes.
 	Other   map[record.Type][][]byte
 	Unknown int // records of types this build does not know
+	Events  int // records decoded
 }
 
 // Load reads a session directory or a bundle.
@@ -122,6 +155,7 @@ func (s *Session) addStream(name string, r io.Reader) {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v (records before it are kept)", name, err))
 			break
 		}
+		st.Events++
 		if err := st.decode(rec); err != nil {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("%s at offset %d: %v", name, rr.Offset()-int64(len(rec)), err))
 		}
@@ -194,6 +228,140 @@ func (st *Stream) decode(rec []byte) error {
 		if x, err = record.DecodeControlChange(rec); err == nil {
 			st.Controls = append(st.Controls, x)
 		}
+	case record.TypeAgentStats:
+		var x record.AgentStats
+		if x, err = record.DecodeAgentStats(rec); err == nil {
+			st.Agent = append(st.Agent, x)
+		}
+	case record.TypePyProcess:
+		var x record.PyProcess
+		if x, err = record.DecodePyProcess(rec); err == nil {
+			x.Info = clone(x.Info)
+			st.PyProcs = append(st.PyProcs, x)
+		}
+	case record.TypePyPatchStatus:
+		var x record.PyPatchStatus
+		if x, err = record.DecodePyPatchStatus(rec); err == nil {
+			x.Text = clone(x.Text)
+			st.PyPatches = append(st.PyPatches, x)
+		}
+	case record.TypePyGraphDispatch:
+		var x record.PyGraphDispatch
+		if x, err = record.DecodePyGraphDispatch(rec); err == nil {
+			x.Desc = nil // the decoded fields are what the joiner uses
+			st.Dispatches = append(st.Dispatches, x)
+		}
+	case record.TypePyGraphCapture:
+		var x record.PyGraphCapture
+		if x, err = record.DecodePyGraphCapture(rec); err == nil {
+			x.Desc = clone(x.Desc)
+			st.Captures = append(st.Captures, x)
+		}
+	case record.TypePyKVBlocks:
+		var x record.PyKVBlocks
+		if x, err = record.DecodePyKVBlocks(rec); err == nil {
+			x.BlockIds = clone(x.BlockIds)
+			st.KVBlocks = append(st.KVBlocks, x)
+		}
+	case record.TypePyKVConfig:
+		var x record.PyKVConfig
+		if x, err = record.DecodePyKVConfig(rec); err == nil {
+			x.Info = clone(x.Info)
+			st.KVConfigs = append(st.KVConfigs, x)
+		}
+	case record.TypePySchedStep:
+		var x record.PySchedStep
+		if x, err = record.DecodePySchedStep(rec); err == nil {
+			st.SchedSteps = append(st.SchedSteps, x)
+		}
+	case record.TypePyPreempt:
+		var x record.PyPreempt
+		if x, err = record.DecodePyPreempt(rec); err == nil {
+			x.ReqID = clone(x.ReqID)
+			st.Preempts = append(st.Preempts, x)
+		}
+	case record.TypePyRequestEvent:
+		var x record.PyRequestEvent
+		if x, err = record.DecodePyRequestEvent(rec); err == nil {
+			x.ReqID = clone(x.ReqID)
+			st.ReqEvents = append(st.ReqEvents, x)
+		}
+	case record.TypePyCPUScope:
+		var x record.PyCPUScope
+		if x, err = record.DecodePyCPUScope(rec); err == nil {
+			x.Name = clone(x.Name)
+			st.CPUScopes = append(st.CPUScopes, x)
+		}
+	case record.TypePyForward:
+		var x record.PyForward
+		if x, err = record.DecodePyForward(rec); err == nil {
+			st.Forwards = append(st.Forwards, x)
+		}
+	case record.TypePyMOEExpertCounts:
+		var x record.PyMOEExpertCounts
+		if x, err = record.DecodePyMOEExpertCounts(rec); err == nil {
+			x.Counts = clone(x.Counts)
+			st.MoECounts = append(st.MoECounts, x)
+		}
+	case record.TypePyMOECoselect:
+		var x record.PyMOECoselect
+		if x, err = record.DecodePyMOECoselect(rec); err == nil {
+			x.Pairs = clone(x.Pairs)
+			st.MoECosel = append(st.MoECosel, x)
+		}
+	case record.TypePyMOEWeightHist:
+		var x record.PyMOEWeightHist
+		if x, err = record.DecodePyMOEWeightHist(rec); err == nil {
+			x.Bins = clone(x.Bins)
+			st.MoEHists = append(st.MoEHists, x)
+		}
+	case record.TypePyEncoder:
+		var x record.PyEncoder
+		if x, err = record.DecodePyEncoder(rec); err == nil {
+			st.Encoders = append(st.Encoders, x)
+		}
+	case record.TypePyHookStats:
+		var x record.PyHookStats
+		if x, err = record.DecodePyHookStats(rec); err == nil {
+			st.HookStats = append(st.HookStats, x)
+		}
+	case record.TypeEbpfLaunch:
+		var x record.EbpfLaunch
+		if x, err = record.DecodeEbpfLaunch(rec); err == nil {
+			st.Launches = append(st.Launches, x)
+		}
+	case record.TypeEbpfSync:
+		var x record.EbpfSync
+		if x, err = record.DecodeEbpfSync(rec); err == nil {
+			st.BPFSyncs = append(st.BPFSyncs, x)
+		}
+	case record.TypeEbpfCodeInfo:
+		var x record.EbpfCodeInfo
+		if x, err = record.DecodeEbpfCodeInfo(rec); err == nil {
+			x.Name = clone(x.Name)
+			st.CodeInfos = append(st.CodeInfos, x)
+		}
+	case record.TypeEbpfPhaseDef:
+		var x record.EbpfPhaseDef
+		if x, err = record.DecodeEbpfPhaseDef(rec); err == nil {
+			x.Name = clone(x.Name)
+			st.PhaseDefs = append(st.PhaseDefs, x)
+		}
+	case record.TypeEbpfPhaseCounter:
+		var x record.EbpfPhaseCounter
+		if x, err = record.DecodeEbpfPhaseCounter(rec); err == nil {
+			st.PhaseCounter = append(st.PhaseCounter, x)
+		}
+	case record.TypeEbpfDrops:
+		var x record.EbpfDrops
+		if x, err = record.DecodeEbpfDrops(rec); err == nil {
+			st.BPFDrops = append(st.BPFDrops, x)
+		}
+	case record.TypeEbpfProc:
+		var x record.EbpfProc
+		if x, err = record.DecodeEbpfProc(rec); err == nil {
+			st.BPFProcs = append(st.BPFProcs, x)
+		}
 	default:
 		if _, ok := record.Specs[t]; !ok {
 			st.Unknown++
@@ -201,6 +369,13 @@ func (st *Stream) decode(rec []byte) error {
 		st.Other[t] = append(st.Other[t], append([]byte(nil), rec...))
 	}
 	return err
+}
+
+func clone(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
 }
 
 func (s *Session) finish() {
@@ -224,6 +399,21 @@ func (s *Session) finish() {
 		}
 		for _, a := range st.APIs {
 			upd(a.StartNS)
+		}
+		for _, p := range st.PyProcs {
+			upd(p.TsNS)
+		}
+		for _, p := range st.SchedSteps {
+			upd(p.StartNS)
+		}
+		for _, p := range st.Forwards {
+			upd(p.StartNS)
+		}
+		for _, p := range st.Captures {
+			upd(p.StartNS)
+		}
+		for _, p := range st.Launches {
+			upd(p.TsNS)
 		}
 	}
 	s.StartNs = min

@@ -8,10 +8,39 @@ import (
 	"strings"
 )
 
-// Tables builds every derived file of a session.
-func Tables(s *Session) []*table {
+// outputs builds every derived file of a session. Files under moeDir are copies of the
+// MoE files, for the documented snippets that `cd moe_expert_tracking/`.
+func outputs(s *Session) []output {
 	usage, timeline := graphUsage(s)
-	return []*table{gpuKernels(s), usage, timeline, graphCaptures(s)}
+	out := []output{gpuKernels(s), usage, timeline, graphCaptures(s)}
+	out = append(out, kvTables(s)...)
+	moe, _ := moeTables(s)
+	out = append(out, moe...)
+	for _, o := range moe {
+		out = append(out, subdirOutput{moeDir, o})
+	}
+	out = append(out, forwardTables(s)...)
+	out = append(out, cpuTables(s)...)
+	out = append(out, batchTables(s)...)
+	out = append(out, preemptTables(s)...)
+	out = append(out, launchTables(s)...)
+	return out
+}
+
+// subdirOutput writes an output inside a subdirectory.
+type subdirOutput struct {
+	dir string
+	o   output
+}
+
+func (d subdirOutput) fileName() string { return d.dir + "/" + d.o.fileName() }
+
+func (d subdirOutput) write(dir string) error {
+	p := filepath.Join(dir, d.dir)
+	if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return d.o.write(p)
 }
 
 // WriteDerived writes the derived files of s into dir, which must exist (a session
@@ -25,15 +54,38 @@ func WriteDerived(s *Session, dir string) ([]string, error) {
 	}
 	defer os.RemoveAll(tmp)
 	var names []string
-	for _, t := range Tables(s) {
-		if err := t.write(tmp); err != nil {
-			return nil, fmt.Errorf("writing %s: %w", t.name, err)
+	subdirs := map[string]bool{}
+	for _, o := range outputs(s) {
+		if err := o.write(tmp); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", o.fileName(), err)
 		}
-		names = append(names, t.name)
+		if sd, ok := o.(subdirOutput); ok {
+			subdirs[sd.dir] = true
+		} else {
+			names = append(names, o.fileName())
+		}
 	}
 	for _, n := range names {
 		if err := os.Rename(filepath.Join(tmp, n), filepath.Join(dir, n)); err != nil {
 			return nil, err
+		}
+	}
+	for sd := range subdirs {
+		dst := filepath.Join(dir, sd)
+		if st, err := os.Lstat(dst); err == nil {
+			if !st.IsDir() {
+				return nil, fmt.Errorf("%s exists and is not a directory", dst)
+			}
+			if err := os.RemoveAll(dst); err != nil {
+				return nil, err
+			}
+		}
+		if err := os.Rename(filepath.Join(tmp, sd), dst); err != nil {
+			return nil, err
+		}
+		ents, _ := os.ReadDir(dst)
+		for _, e := range ents {
+			names = append(names, sd+"/"+e.Name())
 		}
 	}
 	return names, nil

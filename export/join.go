@@ -1,0 +1,392 @@
+package export
+
+import (
+	"sort"
+
+	"github.com/profilemate/profilemate-trace/internal/record"
+)
+
+// The joiner ties the three sources together (DESIGN.md decision 8):
+//
+//   - GPU records (kernel, graph_trace, memcpy, memset) carry a CUPTI correlation id that
+//     equals the one of the api record that launched them; the api record has the
+//     launching thread (tid) and its CPU interval.
+//   - A CUDA-graph replay takes the BatchDescriptor of the last py_graph_dispatch recorded
+//     on the launching thread at or before the launch's CPU start, inside the same
+//     execute_model call when the hook recorded one (py_forward).
+//   - A forward pass (py_forward, one execute_model call) owns the GPU work of every api
+//     record that started on its thread inside its CPU interval; its GPU time is the union
+//     of those GPU intervals, whenever the GPU ran them (so async scheduling, where the CPU
+//     is a step ahead, does not matter).
+//   - An eBPF launch event (pid, tid, ts) falls inside the api record (same pid and tid,
+//     start <= ts <= end) whose correlation id has GPU records.
+//
+// Everything is keyed by host pid: the CUPTI and Python-hook streams by their stream's
+// pid, eBPF records by their own pid field.
+
+const (
+	kindKernel uint8 = iota + 1
+	kindGraph
+	kindMemcpy
+	kindMemset
+)
+
+var kindNames = [...]string{"", "kernel", "graph", "memcpy", "memset"}
+
+// Phase of a forward pass as recorded by the hook (py_forward.phase).
+const (
+	phaseUnattributed = -1
+	phaseEmpty        = 0
+	phasePrefill      = 1
+	phaseDecode       = 2
+	phaseMixed        = 3
+)
+
+var phaseNames = map[int]string{phaseUnattributed: "unattributed", phaseEmpty: "empty", phasePrefill: "prefill", phaseDecode: "decode", phaseMixed: "mixed"}
+
+func phaseName(p int) string {
+	if n, ok := phaseNames[p]; ok {
+		return n
+	}
+	return "unknown"
+}
+
+type gpuItem struct {
+	start, end uint64
+	bytes      uint64
+	pid        int
+	device     uint32
+	stream     uint32
+	corr       uint32
+	graphID    uint32
+	kind       uint8
+	copyKind   uint8
+	name       string // raw kernel name
+	step       int32  // index into procIndex.fwd of the forward pass that launched it, -1 none
+	api        int32  // index into procIndex.apis, -1 none
+}
+
+func (g *gpuItem) dur() uint64 {
+	if g.end > g.start {
+		return g.end - g.start
+	}
+	return 0
+}
+
+// descriptor is a BatchDescriptor as the hook recorded it.
+type descriptor struct {
+	ok      bool
+	mode    uint32
+	tokens  uint32
+	reqs    int32
+	uniform bool
+	lora    bool
+}
+
+var modeNames = map[uint32]string{0: "NONE", 1: "PIECEWISE", 2: "FULL"}
+
+func modeName(m uint32) string {
+	if n, ok := modeNames[m]; ok {
+		return n
+	}
+	return "UNKNOWN"
+}
+
+// cells renders the five documented descriptor columns as the original did (Python str()).
+func (d descriptor) cells() []string {
+	if !d.ok {
+		return []string{"", "", "", "", ""}
+	}
+	reqs := "None"
+	if d.reqs >= 0 {
+		reqs = itoa(d.reqs)
+	}
+	return []string{modeName(d.mode), itoa(d.tokens), reqs, pyBool(d.uniform), pyBool(d.lora)}
+}
+
+func (d descriptor) key() string {
+	c := d.cells()
+	return c[0] + "," + c[1] + "," + c[2] + "," + c[3] + "," + c[4]
+}
+
+func dispatchDesc(x *record.PyGraphDispatch) descriptor {
+	return descriptor{ok: true, mode: x.RuntimeMode, tokens: x.NumTokens, reqs: x.NumReqs, uniform: x.Flags&1 != 0, lora: x.Flags&2 != 0}
+}
+
+// fwdStep is one forward pass with its joined GPU time.
+type fwdStep struct {
+	rec      record.PyForward
+	pid      int
+	busy     uint64 // union of the GPU intervals of its work
+	gpuStart uint64
+	gpuEnd   uint64
+	items    int
+	graphs   int
+	desc     descriptor // descriptor of its graph replays (or of its dispatch)
+	dispatch bool       // a dispatch was recorded inside it
+	encBusy  uint64     // GPU time of the encoder calls inside it
+}
+
+type procIndex struct {
+	pid       int
+	apis      []record.API
+	apiByCorr map[uint32]int32
+	byTid     map[uint32][]int32 // api indices sorted by start
+	gpu       []gpuItem
+	gpuByCorr map[uint32][]int32
+	dispatch  map[uint32][]record.PyGraphDispatch // by tid, sorted by ts
+	fwd       []fwdStep                           // sorted by start
+	fwdByTid  map[uint32][]int32
+}
+
+// join is the joined view of a session, built once.
+type join struct {
+	s       *Session
+	procs   map[int]*procIndex
+	pids    []int
+	classes *Classifier
+	// replay descriptor per graph item (pid, item index)
+	graphDesc map[[2]int]descriptor
+	// names of eBPF phases and code objects
+	phaseName map[[2]int]string // (pid or 0, phase) -> name
+	codeName  map[codeKey]string
+}
+
+type codeKey struct {
+	pid  uint32
+	code uint64
+}
+
+func (s *Session) join() *join {
+	if s.joined != nil {
+		return s.joined
+	}
+	j := &join{s: s, procs: map[int]*procIndex{}, classes: s.classifier(), graphDesc: map[[2]int]descriptor{},
+		phaseName: map[[2]int]string{}, codeName: map[codeKey]string{}}
+	proc := func(pid int) *procIndex {
+		p := j.procs[pid]
+		if p == nil {
+			p = &procIndex{pid: pid, apiByCorr: map[uint32]int32{}, byTid: map[uint32][]int32{}, gpuByCorr: map[uint32][]int32{},
+				dispatch: map[uint32][]record.PyGraphDispatch{}, fwdByTid: map[uint32][]int32{}}
+			j.procs[pid] = p
+			j.pids = append(j.pids, pid)
+		}
+		return p
+	}
+	for _, st := range s.Streams {
+		pid := st.Meta.Pid
+		if len(st.APIs)+len(st.Kernels)+len(st.Graphs)+len(st.Memcpys)+len(st.Memsets)+len(st.Dispatches)+len(st.Forwards) == 0 {
+			continue
+		}
+		p := proc(pid)
+		base := int32(len(p.apis))
+		p.apis = append(p.apis, st.APIs...)
+		for i := range st.APIs {
+			a := &st.APIs[i]
+			p.apiByCorr[a.CorrelationID] = base + int32(i)
+		}
+		if p.gpu == nil {
+			p.gpu = make([]gpuItem, 0, len(st.Kernels)+len(st.Graphs)+len(st.Memcpys)+len(st.Memsets))
+		}
+		for i := range st.Kernels {
+			k := &st.Kernels[i]
+			raw := st.Names[k.NameID]
+			if raw == "" {
+				raw = unknownKernel(k.NameID)
+			}
+			p.gpu = append(p.gpu, gpuItem{start: k.StartNS, end: k.EndNS, pid: pid, device: k.DeviceID, stream: k.StreamID, corr: k.CorrelationID, graphID: k.GraphID, kind: kindKernel, name: raw})
+		}
+		for i := range st.Graphs {
+			g := &st.Graphs[i]
+			p.gpu = append(p.gpu, gpuItem{start: g.StartNS, end: g.EndNS, pid: pid, device: g.DeviceID, stream: g.StreamID, corr: g.CorrelationID, graphID: g.GraphID, kind: kindGraph})
+		}
+		for i := range st.Memcpys {
+			m := &st.Memcpys[i]
+			p.gpu = append(p.gpu, gpuItem{start: m.StartNS, end: m.EndNS, bytes: m.Bytes, pid: pid, device: m.DeviceID, stream: m.StreamID, corr: m.CorrelationID, graphID: m.GraphID, kind: kindMemcpy, copyKind: m.CopyKind})
+		}
+		for i := range st.Memsets {
+			m := &st.Memsets[i]
+			p.gpu = append(p.gpu, gpuItem{start: m.StartNS, end: m.EndNS, bytes: m.Bytes, pid: pid, device: m.DeviceID, stream: m.StreamID, corr: m.CorrelationID, graphID: m.GraphID, kind: kindMemset})
+		}
+		for _, d := range st.Dispatches {
+			p.dispatch[d.TID] = append(p.dispatch[d.TID], d)
+		}
+		for _, f := range st.Forwards {
+			p.fwd = append(p.fwd, fwdStep{rec: f, pid: pid})
+		}
+	}
+	sort.Ints(j.pids)
+	for _, pid := range j.pids {
+		j.index(j.procs[pid])
+	}
+	for _, st := range s.Streams {
+		for _, d := range st.PhaseDefs {
+			name := string(d.Name)
+			if i := indexByte(name, '\t'); i >= 0 {
+				name = name[:i]
+			}
+			j.phaseName[[2]int{0, int(d.Phase)}] = name
+		}
+		for _, c := range st.CodeInfos {
+			j.codeName[codeKey{c.PID, c.Code}] = string(c.Name)
+		}
+	}
+	s.joined = j
+	return j
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func (j *join) index(p *procIndex) {
+	for i := range p.apis {
+		t := p.apis[i].TID
+		p.byTid[t] = append(p.byTid[t], int32(i))
+	}
+	for _, l := range p.byTid {
+		sort.Slice(l, func(a, b int) bool { return p.apis[l[a]].StartNS < p.apis[l[b]].StartNS })
+	}
+	for i := range p.gpu {
+		g := &p.gpu[i]
+		g.step, g.api = -1, -1
+		if a, ok := p.apiByCorr[g.corr]; ok && g.corr != 0 {
+			g.api = a
+		}
+		p.gpuByCorr[g.corr] = append(p.gpuByCorr[g.corr], int32(i))
+	}
+	for _, l := range p.dispatch {
+		sort.SliceStable(l, func(a, b int) bool { return l[a].TsNS < l[b].TsNS })
+	}
+	sort.SliceStable(p.fwd, func(a, b int) bool { return p.fwd[a].rec.StartNS < p.fwd[b].rec.StartNS })
+	for i := range p.fwd {
+		t := p.fwd[i].rec.TID
+		p.fwdByTid[t] = append(p.fwdByTid[t], int32(i))
+	}
+	// Forward passes own the GPU work launched on their thread inside their CPU interval.
+	var iv []ival
+	for fi := range p.fwd {
+		f := &p.fwd[fi]
+		l := p.byTid[f.rec.TID]
+		k := sort.Search(len(l), func(x int) bool { return p.apis[l[x]].StartNS >= f.rec.StartNS })
+		iv = iv[:0]
+		for ; k < len(l) && p.apis[l[k]].StartNS <= f.rec.EndNS; k++ {
+			for _, gi := range p.gpuByCorr[p.apis[l[k]].CorrelationID] {
+				g := &p.gpu[gi]
+				if g.step >= 0 {
+					continue
+				}
+				g.step = int32(fi)
+				f.items++
+				if g.kind == kindGraph {
+					f.graphs++
+				}
+				if g.end > g.start {
+					iv = append(iv, ival{g.start, g.end})
+					if f.gpuStart == 0 || g.start < f.gpuStart {
+						f.gpuStart = g.start
+					}
+					if g.end > f.gpuEnd {
+						f.gpuEnd = g.end
+					}
+				}
+			}
+		}
+		f.busy = unionLen(iv)
+		// the step's descriptor: its last dispatch inside its interval
+		dl := p.dispatch[f.rec.TID]
+		d := sort.Search(len(dl), func(x int) bool { return dl[x].TsNS > f.rec.EndNS }) - 1
+		if d >= 0 && dl[d].TsNS >= f.rec.StartNS {
+			f.desc = dispatchDesc(&dl[d])
+			f.dispatch = true
+		}
+	}
+	// Graph replays take the descriptor recorded on the launching thread for that step.
+	for i := range p.gpu {
+		g := &p.gpu[i]
+		if g.kind != kindGraph || g.api < 0 {
+			continue
+		}
+		if d, ok := j.replayDesc(p, &p.apis[g.api]); ok {
+			j.graphDesc[[2]int{p.pid, i}] = d
+		}
+	}
+}
+
+// replayDesc finds the descriptor for a graph launch api record.
+func (j *join) replayDesc(p *procIndex, a *record.API) (descriptor, bool) {
+	dl := p.dispatch[a.TID]
+	d := sort.Search(len(dl), func(x int) bool { return dl[x].TsNS > a.StartNS }) - 1
+	if d < 0 {
+		return descriptor{}, false
+	}
+	x := &dl[d]
+	if x.RuntimeMode == 0 { // the step was dispatched eager: this launch is not its replay
+		return descriptor{}, false
+	}
+	// Inside an execute_model call, the dispatch must belong to the same call.
+	if f := p.forwardAt(a.TID, a.StartNS); f != nil && x.TsNS < f.rec.StartNS {
+		return descriptor{}, false
+	}
+	return dispatchDesc(x), true
+}
+
+func (p *procIndex) forwardAt(tid uint32, t uint64) *fwdStep {
+	l := p.fwdByTid[tid]
+	k := sort.Search(len(l), func(x int) bool { return p.fwd[l[x]].rec.StartNS > t }) - 1
+	if k < 0 {
+		return nil
+	}
+	f := &p.fwd[l[k]]
+	if t <= f.rec.EndNS {
+		return f
+	}
+	return nil
+}
+
+// apiAt returns the api record on (tid) whose CPU interval contains t and whose
+// correlation id has GPU work (innermost first), else any containing record, else -1.
+func (p *procIndex) apiAt(tid uint32, t uint64) int32 {
+	l := p.byTid[tid]
+	k := sort.Search(len(l), func(x int) bool { return p.apis[l[x]].StartNS > t }) - 1
+	best := int32(-1)
+	for n := 0; k >= 0 && n < 8; k, n = k-1, n+1 {
+		a := &p.apis[l[k]]
+		if a.EndNS < t {
+			continue
+		}
+		if len(p.gpuByCorr[a.CorrelationID]) > 0 {
+			return l[k]
+		}
+		if best < 0 {
+			best = l[k]
+		}
+	}
+	return best
+}
+
+type ival struct{ a, b uint64 }
+
+// unionLen returns the total length covered by the intervals (reorders iv).
+func unionLen(iv []ival) uint64 {
+	if len(iv) == 0 {
+		return 0
+	}
+	sort.Slice(iv, func(i, k int) bool { return iv[i].a < iv[k].a })
+	var tot uint64
+	cs, ce := iv[0].a, iv[0].b
+	for _, x := range iv[1:] {
+		if x.a > ce {
+			tot += ce - cs
+			cs, ce = x.a, x.b
+		} else if x.b > ce {
+			ce = x.b
+		}
+	}
+	return tot + ce - cs
+}
