@@ -30,13 +30,13 @@ type Daemon struct {
 	// AttachFunc runs one capture; capture.Attach unless a test replaces it.
 	attach func(context.Context, capture.AttachConfig) (*capture.Result, error)
 
-	mu       sync.Mutex
-	active   map[string]int // capture id → root pid
-	closing  bool
-	wg       sync.WaitGroup
-	capCtx   context.Context
-	capStop  context.CancelFunc
-	started  time.Time
+	mu        sync.Mutex
+	active    map[string]int // capture id → root pid
+	closing   bool
+	wg        sync.WaitGroup
+	capCtx    context.Context
+	capStop   context.CancelFunc
+	started   time.Time
 	stoppedAt atomic.Pointer[time.Time]
 }
 

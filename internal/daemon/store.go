@@ -25,31 +25,31 @@ const (
 
 // Capture is one entry of the capture index (<bundle-dir>/<id>/capture.json).
 type Capture struct {
-	ID          string    `json:"id"`
-	State       string    `json:"state"`
-	Trigger     string    `json:"trigger"` // api, schedule
-	Label       string    `json:"label,omitempty"`
-	Pid         int       `json:"pid"`
-	Comm        string    `json:"comm,omitempty"`
-	Namespace   string    `json:"namespace,omitempty"`
-	PodName     string    `json:"pod,omitempty"`
-	Detail      string    `json:"detail"`
-	SampleEvery uint32    `json:"sample_every,omitempty"`
-	DurationSec float64   `json:"duration_sec"`
-	Requested   time.Time `json:"requested_at"`
-	Ended       time.Time `json:"ended_at,omitzero"`
-	Session     string    `json:"session,omitempty"`
-	Bundle      string    `json:"bundle,omitempty"` // file name inside the capture's directory
-	BundleBytes int64     `json:"bundle_bytes,omitempty"`
-	Streams     int       `json:"streams,omitempty"`
-	Records     uint64    `json:"records,omitempty"`
-	Dropped     uint64    `json:"dropped,omitempty"`
-	Pids        []int     `json:"pids,omitempty"`
-	Warnings    []string  `json:"warnings,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	Note        string    `json:"note,omitempty"`
-	StopToBundleSec float64 `json:"stop_to_bundle_sec,omitempty"`
-	DiskBytes   int64     `json:"disk_bytes,omitempty"`
+	ID              string    `json:"id"`
+	State           string    `json:"state"`
+	Trigger         string    `json:"trigger"` // api, schedule
+	Label           string    `json:"label,omitempty"`
+	Pid             int       `json:"pid"`
+	Comm            string    `json:"comm,omitempty"`
+	Namespace       string    `json:"namespace,omitempty"`
+	PodName         string    `json:"pod,omitempty"`
+	Detail          string    `json:"detail"`
+	SampleEvery     uint32    `json:"sample_every,omitempty"`
+	DurationSec     float64   `json:"duration_sec"`
+	Requested       time.Time `json:"requested_at"`
+	Ended           time.Time `json:"ended_at,omitzero"`
+	Session         string    `json:"session,omitempty"`
+	Bundle          string    `json:"bundle,omitempty"` // file name inside the capture's directory
+	BundleBytes     int64     `json:"bundle_bytes,omitempty"`
+	Streams         int       `json:"streams,omitempty"`
+	Records         uint64    `json:"records,omitempty"`
+	Dropped         uint64    `json:"dropped,omitempty"`
+	Pids            []int     `json:"pids,omitempty"`
+	Warnings        []string  `json:"warnings,omitempty"`
+	Error           string    `json:"error,omitempty"`
+	Note            string    `json:"note,omitempty"`
+	StopToBundleSec float64   `json:"stop_to_bundle_sec,omitempty"`
+	DiskBytes       int64     `json:"disk_bytes,omitempty"`
 }
 
 // idRe is the only shape of capture id the daemon creates or accepts, so an id can never
