@@ -1,0 +1,149 @@
+"""Compare a traced run of workload.py with torch.profiler on the same workload.
+
+  python3 compare.py EXPECT.json TORCHPROF.json GRAPH_SESSION NODES_SESSION PYHOOK_DIR
+
+Checks (each printed as a row of a markdown table; exit 1 if any fails):
+  * per kernel name: our count == torch.profiler's (nodes level: all kernels; graph level:
+    kernels outside graphs), medians within 2 %;
+  * CUDA-graph replays == the workload's count (graph level);
+  * H2D / D2H bytes == torch.profiler's and the workload's;
+  * the fork-before-CUDA child and the spawn child each have their own stream with their kernels.
+Raw streams are decoded with the generated record layouts (pyhook/profilemate_trace/_records.py).
+"""
+import csv
+import glob
+import json
+import os
+import struct
+import sys
+
+exp_path, tp_path, gdir, ndir, pyhook = sys.argv[1:6]
+sys.path.insert(0, pyhook)
+from profilemate_trace import _records as R  # noqa: E402
+
+exp = json.load(open(exp_path))
+tp = json.load(open(tp_path))
+rows, failed = [], []
+
+
+def check(name, ok, detail):
+    rows.append((name, "PASS" if ok else "FAIL", detail))
+    if not ok:
+        failed.append(name)
+
+
+def raw_streams(session):
+    out = []
+    for p in sorted(glob.glob(os.path.join(session, "raw", "*.pmr"))):
+        b = open(p, "rb").read()
+        mlen = struct.unpack_from("<I", b, 12)[0]
+        meta = json.loads(b[16 : 16 + mlen])
+        off = 16 + mlen + (-mlen % 8)
+        recs = []
+        while off + 8 <= len(b):
+            t, _, size = struct.unpack_from("<HHI", b, off)
+            spec = R.BY_TYPE.get(t)
+            if spec is not None:
+                recs.append((spec.name, spec.unpack(b[off : off + size])))
+            off += size
+        out.append((meta, recs))
+    return out
+
+
+def kernels_csv(session):
+    with open(os.path.join(session, "gpu_kernels.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def by_name(rows_):
+    d = {}
+    for r in rows_:
+        key = r["demangled_name"] or r["raw_name"]
+        d[key] = r
+        d.setdefault(r["raw_name"], r)
+    return d
+
+
+def median_us(streams, pid, raw):
+    names = {}
+    durs = []
+    for meta, recs in streams:
+        if meta["pid"] != pid:
+            continue
+        for n, r in recs:
+            if n == "kernel_name":
+                names[r["name_id"]] = r["name"].decode(errors="replace")
+        for n, r in recs:
+            if n == "kernel" and names.get(r["name_id"]) == raw:
+                durs.append((r["end_ns"] - r["start_ns"]) / 1e3)
+    durs.sort()
+    return durs[len(durs) // 2] if durs else None
+
+
+G, N = kernels_csv(gdir), kernels_csv(ndir)
+gs, ns = raw_streams(gdir), raw_streams(ndir)
+gmap, nmap = by_name(G), by_name(N)
+main_pid = None
+for meta, recs in gs:
+    if any(n == "graph_trace" for n, _ in recs):
+        main_pid = meta["pid"]
+
+# Kernel counts and medians against torch.profiler.
+unmatched = []
+for name, t in sorted(tp["kernels"].items(), key=lambda kv: -kv[1]["count"]):
+    nrow = nmap.get(name)
+    if nrow is None:
+        unmatched.append(name)
+        continue
+    graph_n = int(nrow["graph_count"])
+    check(f"nodes count {nrow['kernel_name'][:60]}", int(nrow["count"]) == t["count"], f"ours {nrow['count']} torch {t['count']}")
+    grow = gmap.get(name)
+    want_eager = t["count"] - graph_n
+    got_eager = int(grow["eager_count"]) if grow else 0
+    check(f"graph-level eager count {nrow['kernel_name'][:50]}", got_eager == want_eager, f"ours {got_eager} torch {t['count']} - {graph_n} in graphs")
+    if t["count"] >= 20:
+        med = median_us(ns, main_pid, nrow["raw_name"])
+        if med:
+            rel = abs(med - t["median_us"]) / t["median_us"] if t["median_us"] else 0
+            check(f"median {nrow['kernel_name'][:60]}", rel <= 0.02, f"ours {med:.3f} us torch {t['median_us']:.3f} us ({100*rel:.2f} %)")
+check("every torch.profiler kernel name matched", not unmatched, "; ".join(unmatched[:5]))
+
+# Graph replays.
+replays = 0
+for meta, recs in gs:
+    replays += sum(1 for n, _ in recs if n == "graph_trace")
+check("graph replays (graph level)", replays == exp["replays"], f"ours {replays} workload {exp['replays']}")
+
+# Copies.
+for level, streams in (("graph", gs), ("nodes", ns)):
+    h2d = d2h = 0
+    for meta, recs in streams:
+        if meta["pid"] != main_pid:
+            continue
+        for n, r in recs:
+            if n == "memcpy":
+                if r["copy_kind"] == 1:
+                    h2d += r["bytes"]
+                elif r["copy_kind"] == 2:
+                    d2h += r["bytes"]
+    check(f"H2D bytes ({level})", h2d == tp["h2d_bytes"] and h2d >= exp["h2d_bytes"], f"ours {h2d} torch {tp['h2d_bytes']} workload >= {exp['h2d_bytes']}")
+    check(f"D2H bytes ({level})", d2h == tp["d2h_bytes"] and d2h >= exp["d2h_bytes"], f"ours {d2h} torch {tp['d2h_bytes']} workload >= {exp['d2h_bytes']}")
+
+# Children: their own streams, their own kernels.
+for child, needle in (("fork_child", "exp_kernel"), ("spawn_child", "log1p")):
+    pid = exp[child]["pid"]
+    n = 0
+    found = False
+    for meta, recs in gs:
+        if meta["pid"] != pid:
+            continue
+        found = True
+        names = {r["name_id"]: r["name"].decode(errors="replace") for k, r in recs if k == "kernel_name"}
+        n = sum(1 for k, r in recs if k == "kernel" and needle in names.get(r["name_id"], ""))
+    check(f"{child} stream", found and n == exp[child]["kernels"], f"pid {pid} stream={found} {needle} kernels {n} (want {exp[child]['kernels']})")
+
+print("| check | result | detail |\n|---|---|---|")
+for r in rows:
+    print("| %s | %s | %s |" % r)
+print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+sys.exit(1 if failed else 0)

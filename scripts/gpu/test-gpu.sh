@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make test-gpu`: real CUDA and CUPTI against torch.profiler on the same workload.
+# Usage: bash test-gpu.sh DIST [OUT]  (DIST = what `make gpu-dist` staged)
+set -u
+D=$(cd "${1:-.gpu}" && pwd); OUT=${2:-${OUT:-/tmp/pm-test-gpu}}
+mkdir -p "$OUT"; cd "$OUT"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee gpu.txt
+echo "date: $(date -u +%FT%TZ)" | tee -a gpu.txt
+$PY "$D/workload.py" --torch-profiler torchprof.json || exit 1
+for lvl in graph nodes; do
+  rm -rf "sess-$lvl"
+  "$D/profilemate-trace" run --detail $lvl --agent "$D/libprofilemate.so" --no-pyhook -o "sess-$lvl" -- \
+    $PY "$D/workload.py" --expect "expect-$lvl.json" || { echo "traced run ($lvl) failed"; exit 1; }
+done
+$PY "$D/compare.py" expect-graph.json torchprof.json sess-graph/session_*/ sess-nodes/session_*/ "$D/pyhook" | tee compare.md
+exit ${PIPESTATUS[0]}
