@@ -44,9 +44,9 @@ gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scri
 	rm -rf $(GPU_DIST) && mkdir -p $(GPU_DIST)
 	cp $(BIN) cupti/build/libprofilemate.so $(GPU_DIST)/
 	cp -r pyhook $(GPU_DIST)/pyhook
-	cp -r cupti/gpu $(GPU_DIST)/cupti-gpu
+	[ -d cupti/gpu ] && cp -r cupti/gpu $(GPU_DIST)/cupti-gpu || true
 	[ -d bpf/gpu ] && cp -r bpf/gpu $(GPU_DIST)/bpf-gpu || true
-	cp scripts/gpu/*.sh $(GPU_DIST)/ 2>/dev/null || true
+	cp scripts/gpu/* $(GPU_DIST)/
 
 test-gpu: ## on a GPU machine: real CUDA/CUPTI tests against torch.profiler (needs `make gpu-dist` output in .gpu/)
 	bash scripts/gpu/test-gpu.sh $(GPU_DIST)
