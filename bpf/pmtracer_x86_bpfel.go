@@ -14,10 +14,10 @@ import (
 )
 
 type pmTracerPmCodeKey struct {
-	_    structs.HostLayout
-	Pid  uint32
-	Pad  uint32
-	Code uint64
+	_     structs.HostLayout
+	Space uint32
+	Pad   uint32
+	Code  uint64
 }
 
 type pmTracerPmCodeVal struct {
@@ -54,6 +54,8 @@ type pmTracerPmPyconf struct {
 	FrameOwner      uint32
 	OwnerSkipMin    uint32
 	CodeMask        uint64
+	Space           uint32
+	Pad             uint32
 }
 
 type pmTracerPmSyncState struct {

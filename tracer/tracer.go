@@ -77,6 +77,7 @@ type Tracer struct {
 type proc struct {
 	pid        int
 	ppid       int
+	space      uint32 // code-object space (pm_pyconf.space): own pid, or the parent's after fork
 	py         *pyproc.Process
 	pyErr      error
 	libcuda    string // as the process sees it
@@ -87,7 +88,12 @@ type proc struct {
 	attached   bool // uprobes in place (or covered by a system-wide link)
 	pyReady    bool
 	tries      int
+	seen       time.Time
 }
+
+// youngFor is how long after a process appears its thread list and gilstate key are re-read
+// on every poll.
+const youngFor = 5 * time.Second
 
 // New checks privileges and kernel support, loads the programs and attaches the process-tree
 // tracepoints. Close releases everything.
@@ -270,7 +276,7 @@ func (t *Tracer) addProc(pid, ppid int) *proc {
 	if p, ok := t.procs[pid]; ok {
 		return p
 	}
-	p := &proc{pid: pid, ppid: ppid, names: map[uint64]bool{}, phaseCodes: map[uint64]uint16{}}
+	p := &proc{pid: pid, ppid: ppid, names: map[uint64]bool{}, phaseCodes: map[uint64]uint16{}, seen: time.Now()}
 	t.procs[pid] = p
 	one := uint32(1)
 	if err := t.pids.Update(uint32(pid), one, ebpf.UpdateAny); err != nil {
@@ -292,12 +298,15 @@ func (t *Tracer) dropProc(p *proc) error {
 	key := uint32(p.pid)
 	t.pids.Delete(key)
 	t.pyconf.Delete(key)
-	t.purgeMaps(uint32(p.pid))
+	old := p.space
+	p.space = 0
+	t.purgeMaps(uint32(p.pid), old)
 	return first
 }
 
-// purgeMaps deletes the per-thread and per-code entries of a process.
-func (t *Tracer) purgeMaps(pid uint32) {
+// purgeMaps deletes the per-thread entries of a process and the code entries of a code space
+// that no other traced process uses any more.
+func (t *Tracer) purgeMaps(pid, space uint32) {
 	var tk bpf.TstateKey
 	var tv uint64
 	var tdel []bpf.TstateKey
@@ -310,12 +319,20 @@ func (t *Tracer) purgeMaps(pid uint32) {
 	for _, k := range tdel {
 		t.tstate.Delete(k)
 	}
+	if space == 0 {
+		return
+	}
+	for _, o := range t.procs {
+		if o.space == space && o.pid != int(pid) && !o.exited {
+			return
+		}
+	}
 	var ck bpf.CodeKey
 	var cv bpf.CodeVal
 	var cdel []bpf.CodeKey
 	ci := t.codes.Iterate()
 	for ci.Next(&ck, &cv) {
-		if ck.Pid == pid {
+		if ck.Space == space {
 			cdel = append(cdel, ck)
 		}
 	}
@@ -374,19 +391,25 @@ func (t *Tracer) setupPython(p *proc) {
 	}
 	p.py, p.pyErr, p.pyReady = py, nil, true
 	t.fillThreads(p, threads)
-	// Known phase functions that already exist (attach to a running process).
-	names := t.cfg.Phases.coNames()
-	hasQ := py.Layout.CodeQualname != pyproc.None
-	codes, err := py.ScanCodes(t.cfg.ScanBytes, func(c pyproc.Code) bool {
-		return names[c.Name] && t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
-	})
-	if err != nil {
-		t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)
-	}
-	for _, c := range codes {
-		t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
+	var codes []pyproc.Code
+	if p.space == 0 {
+		// A new image: find the phase functions that already exist (attach to a running
+		// process). A forked child keeps its parent's space, already filled.
+		p.space = uint32(p.pid)
+		names := t.cfg.Phases.coNames()
+		hasQ := py.Layout.CodeQualname != pyproc.None
+		codes, err = py.ScanCodes(t.cfg.ScanBytes, func(c pyproc.Code) bool {
+			return names[c.Name] && t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
+		})
+		if err != nil {
+			t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)
+		}
+		for _, c := range codes {
+			t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
+		}
 	}
 	conf := PyConf(py)
+	conf.Space = p.space
 	if err := t.pyconf.Update(uint32(p.pid), conf, ebpf.UpdateAny); err != nil {
 		t.log.Warn("writing CPython config", "pid", p.pid, "error", err)
 	}
@@ -394,9 +417,26 @@ func (t *Tracer) setupPython(p *proc) {
 		"threads", len(threads), "gilstate_key", py.GilKey, "phase_codes", len(codes))
 }
 
+// refreshThreads re-reads the thread list and the gilstate key of p (CPython re-creates the
+// key in a forked child, PyOS_AfterFork_Child) and updates the BPF maps. t.mu held.
+func (t *Tracer) refreshThreads(p *proc) {
+	threads, err := p.py.Threads()
+	if err != nil {
+		return
+	}
+	t.fillThreads(p, threads)
+	old := p.py.GilKey
+	if k, err := p.py.GilstateKey(threads); err == nil && k != old {
+		conf := PyConf(p.py)
+		conf.Space = p.space
+		t.pyconf.Update(uint32(p.pid), conf, ebpf.UpdateAny)
+		t.log.Debug("gilstate key changed", "pid", p.pid, "old", old, "new", k)
+	}
+}
+
 func (t *Tracer) markPhase(p *proc, code uint64, phase uint16) {
 	p.phaseCodes[code] = phase
-	k := bpf.CodeKey{Pid: uint32(p.pid), Code: code}
+	k := bpf.CodeKey{Space: p.space, Code: code}
 	if err := t.codes.Update(k, bpf.CodeVal{Phase: phase}, ebpf.UpdateAny); err != nil {
 		t.log.Warn("marking phase code", "pid", p.pid, "error", err)
 	}
@@ -580,6 +620,8 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			for _, p := range t.procs {
 				if !p.exited && (!p.attached || !p.pyReady) && p.tries < 600 {
 					t.tryAttach(p)
+				} else if !p.exited && p.py != nil && time.Since(p.seen) < youngFor {
+					t.refreshThreads(p) // a young child may still be re-initialising after fork
 				}
 			}
 			t.mu.Unlock()
@@ -656,9 +698,7 @@ func (t *Tracer) handle(b []byte, sink Sink) {
 		t.emit(sink, int(r.PID), b)
 		t.mu.Lock()
 		if p := t.procs[int(r.PID)]; p != nil && p.py != nil {
-			if threads, err := p.py.Threads(); err == nil {
-				t.fillThreads(p, threads)
-			}
+			t.refreshThreads(p)
 		}
 		t.mu.Unlock()
 	case record.TypeEbpfProc:
@@ -683,9 +723,12 @@ func (t *Tracer) procEvent(r record.EbpfProc) {
 	switch r.Event {
 	case 1: // fork: same image as the parent until exec
 		p := t.addProc(pid, int(r.Ppid))
-		if parent := t.procs[int(r.Ppid)]; parent != nil {
+		if parent := t.procs[int(r.Ppid)]; parent != nil && parent.space != 0 {
+			// BPF already gave the child the parent's pm_pyconf, space included: the parent's
+			// phase codes apply from the child's first call.
+			p.space = parent.space
 			for code, ph := range parent.phaseCodes {
-				t.markPhase(p, code, ph)
+				p.phaseCodes[code] = ph
 			}
 		}
 		t.tryAttach(p)
@@ -698,7 +741,9 @@ func (t *Tracer) procEvent(r record.EbpfProc) {
 		p.py.Close()
 		p.py, p.pyReady = nil, false
 		p.names, p.phaseCodes = map[uint64]bool{}, map[uint64]uint16{}
-		t.purgeMaps(uint32(pid))
+		old := p.space
+		p.space = 0
+		t.purgeMaps(uint32(pid), old)
 		t.tryAttach(p)
 	case 3:
 		if p := t.procs[pid]; p != nil {

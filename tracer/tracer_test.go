@@ -392,7 +392,14 @@ func TestFollowChildren(t *testing.T) {
 	py := supportedPythons(t)[0]
 	for _, wide := range []bool{false, true} {
 		t.Run(fmt.Sprintf("systemwide=%v", wide), func(t *testing.T) {
-			w := startWorkload(t, py, fmt.Sprint(steps), "--fork", "2", "--spawn", "1")
+			args := []string{fmt.Sprint(steps), "--fork", "2", "--spawn", "1"}
+			if !wide {
+				// Per-pid probes reach a child once the tracer has seen it (fork/exec event,
+				// then libcuda and CPython discovery): give the children a start-up time, as
+				// vLLM workers have.
+				args = append(args, "--child-delay", "0.5")
+			}
+			w := startWorkload(t, py, args...)
 			tab, _ := LoadPhaseTable("")
 			c, tr, kids := traceRound(t, Config{Phases: tab, SystemWide: wide}, w)
 			if len(kids) != 3 {
@@ -404,36 +411,39 @@ func TestFollowChildren(t *testing.T) {
 			}
 			for i, k := range kids {
 				got := counterCounts(tr, tab, k)
-				var total, phased uint64
-				for key, n := range got {
-					total += n
-					if !strings.HasPrefix(key, "-/") {
-						phased += n
-					}
-				}
-				if wide {
-					// Probes on the file: a child is traced from its first call, whether it was
-					// forked (i < 2) or forked and exec'd (spawn).
-					if i < 2 {
-						if d := diff(got, want); d != "" {
-							t.Errorf("child %d (fork): counters differ:\n%s", k, d)
-						}
-					} else if total != totalOf(want) {
+				spawned := i == 2
+				if spawned {
+					// Every call is counted, but after exec the phase functions are defined
+					// while the child runs: a code object first seen after attach is named by
+					// user space one ring-buffer round trip later (lazy discovery), and with
+					// system-wide probes CPython itself may not be discovered yet. So: exact
+					// totals; per-phase counts exact but for at most one step.
+					if total := totalOf(got); total != totalOf(want) {
 						t.Errorf("child %d (spawn): %d calls counted, want %d", k, total, totalOf(want))
 					}
-				} else if total == 0 {
-					t.Errorf("child %d: no calls counted", k)
-				}
-				var exits int
-				for _, b := range c.of(k, record.TypeEbpfProc) {
-					if r, _ := record.DecodeEbpfProc(b); r.Event == 3 {
-						exits++
+					if !wide {
+						for key, n := range want {
+							if key[0] != '-' && got[key]+expectedPerStep[key] < n {
+								t.Errorf("child %d (spawn): %s: %d, want at least %d", k, key, got[key], n-expectedPerStep[key])
+							}
+						}
 					}
+				} else if d := diff(got, want); d != "" {
+					t.Errorf("child %d (spawn=%v): counters differ:\n%s", k, spawned, d)
 				}
-				if exits != 1 {
-					t.Errorf("child %d: %d exit events, want 1", k, exits)
+				events := map[uint32]int{}
+				for _, b := range c.of(k, record.TypeEbpfProc) {
+					r, _ := record.DecodeEbpfProc(b)
+					events[r.Event]++
 				}
-				t.Logf("child %d: %d calls counted, %d with a phase", k, total, phased)
+				wantExec := 0
+				if spawned {
+					wantExec = 1
+				}
+				if events[1] != 1 || events[2] != wantExec || events[3] != 1 {
+					t.Errorf("child %d: fork/exec/exit events %v, want 1/%d/1", k, events, wantExec)
+				}
+				t.Logf("child %d (spawn=%v): %d calls counted", k, spawned, totalOf(got))
 			}
 		})
 	}

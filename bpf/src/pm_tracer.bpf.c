@@ -69,10 +69,13 @@ struct pm_pyconf {
 	__u32 frame_owner;      // frame -> owner byte, PM_NONE when absent
 	__u32 owner_skip_min;   // skip frames whose owner >= this (C-stack shim / interpreter frames)
 	__u64 code_mask;        // mask for tagged f_executable (3.14); ~0 otherwise
+	__u32 space;            // code-object space: the pid whose exec created this image; a forked
+	                        // child shares its parent's space (same code objects, same addresses)
+	__u32 pad;
 };
 
 struct pm_code_key {
-	__u32 pid;
+	__u32 space; // pm_pyconf.space
 	__u32 pad;
 	__u64 code;
 };
@@ -257,7 +260,7 @@ static __always_inline __u64 pm_read_u64(__u64 addr, __u16 *flags)
 }
 
 struct pm_walk_ctx {
-	__u32 pid, tid;
+	__u32 pid, tid, space, pad;
 	__u64 now;
 	__u64 frame;
 	__u32 code_off, prev_off, owner_off, skip_min;
@@ -298,7 +301,7 @@ static long pm_walk_step(__u64 i, void *arg)
 		return 0;
 	if (!w->py_code)
 		w->py_code = code;
-	struct pm_code_key ck = {.pid = c->pid, .code = code};
+	struct pm_code_key ck = {.space = c->space, .code = code};
 	struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
 	if (cv) {
 		if (cv->phase) {
@@ -356,6 +359,7 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 	struct pm_walk_ctx c = {
 		.pid = pid,
 		.tid = tid,
+		.space = pc->space,
 		.now = now,
 		.frame = frame,
 		.code_off = pc->frame_code,

@@ -6,10 +6,12 @@ one launch outside every phase) and prints "done <child pids>"; exits at EOF.
 --fork N: in the first round, fork N children (os.fork) that each run STEPS steps and exit.
 --spawn N: in the first round, also start N children with subprocess (fork+exec of this interpreter) that run
 STEPS steps without waiting.
+--child-delay S: children sleep S seconds before their first CUDA call (a worker's start-up).
 """
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fakecuda  # noqa: E402
@@ -29,27 +31,30 @@ def main():
     fork = int(args[args.index("--fork") + 1]) if "--fork" in args else 0
     spawn = int(args[args.index("--spawn") + 1]) if "--spawn" in args else 0
     depth = int(args[args.index("--depth") + 1]) if "--depth" in args else 20
-    child = "--child" in args
-    if child:
+    delay = float(args[args.index("--child-delay") + 1]) if "--child-delay" in args else 0.0
+    if "--child" in args:
+        time.sleep(delay)
         run(steps, depth)
         return
     print("ready", os.getpid(), flush=True)
     first = True
     while sys.stdin.readline().strip() == "go":
-        kids = round_(steps, depth, fork if first else 0, spawn if first else 0)
+        kids = round_(steps, depth, fork if first else 0, spawn if first else 0, delay)
         first = False
         print("done", " ".join(str(k) for k in kids), flush=True)
 
 
-def round_(steps, depth, fork, spawn):
+def round_(steps, depth, fork, spawn, delay):
     kids = []
     for _ in range(fork):
         pid = os.fork()
         if pid == 0:
+            time.sleep(delay)
             run(steps, depth)
             os._exit(0)
         kids.append(pid)
-    procs = [subprocess.Popen([sys.executable, __file__, str(steps), "--child", "--depth", str(depth)])
+    procs = [subprocess.Popen([sys.executable, __file__, str(steps), "--child", "--depth", str(depth),
+                               "--child-delay", str(delay)])
              for _ in range(spawn)]
     run(steps, depth)
     for pid in kids:
