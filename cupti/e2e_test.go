@@ -781,3 +781,40 @@ func TestPythonSpawn(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryBudget: when the activity buffers reach PROFILEMATE_MAX_MB, CUPTI
+// still gets (discard) buffers, their records are counted, and memory stays bounded.
+func TestMemoryBudget(t *testing.T) {
+	const n = 60000
+	p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_MAX_MB=4", "PROFILEMATE_RING_KB=1024",
+		"PROFILEMATE_BUFFER_KB=256", "PROFILEMATE_FLUSH_MS=500"), "flood", fmt.Sprint(n))
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 60*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	s := c.lastStats()
+	h := r.Header()
+	t.Logf("stats %+v; ring dropped %d", s, h.RecordsDropped)
+	if s.BuffersDiscard == 0 || s.RecordsDiscarded == 0 {
+		t.Errorf("budget never reached: %+v", s)
+	}
+	if s.PoolBytes > 4<<20 {
+		t.Errorf("pool %d bytes above the 4 MiB budget", s.PoolBytes)
+	}
+	// every record CUPTI produced is accounted for: converted, discarded or dropped by CUPTI
+	if got := s.RecordsConverted + s.RecordsDiscarded + s.CuptiDropped; got != 2*n {
+		t.Errorf("converted %d + discarded %d + cupti dropped %d = %d, want %d", s.RecordsConverted,
+			s.RecordsDiscarded, s.CuptiDropped, got, 2*n)
+	}
+	if h.SourceDropped < s.RecordsDiscarded {
+		t.Errorf("source_dropped %d < discarded %d", h.SourceDropped, s.RecordsDiscarded)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			t.Logf("target %s", l)
+		}
+	}
+}

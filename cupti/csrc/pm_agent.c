@@ -403,7 +403,7 @@ static void emit_agent_stats(int force)
 	r.buffers_completed = ld64(&G.buffers_completed);
 	r.records_converted = G.records_converted;
 	r.records_unknown = G.records_unknown;
-	r.records_discarded = G.records_discarded;
+	r.records_discarded = ld64(&G.records_discarded);
 	r.cupti_dropped = G.cupti_dropped;
 	r.kernels_zero_ts = G.kernels_zero_ts;
 	r.names_interned = G.names_n;
@@ -423,7 +423,7 @@ static void emit_agent_stats(int force)
 
 static void update_source_dropped(void)
 {
-	__atomic_store_n(&G.ring.hdr->source_dropped, G.cupti_dropped + G.records_discarded, __ATOMIC_RELAXED);
+	__atomic_store_n(&G.ring.hdr->source_dropped, G.cupti_dropped + ld64(&G.records_discarded), __ATOMIC_RELAXED);
 }
 
 static void emit_stream_stats(void)
@@ -588,7 +588,7 @@ static void convert_record(const void *rec)
 	case PM_KIND_KERNEL: {
 		const struct pm_cupti_kernel *k = rec;
 		if (!keep_graph_detail(PM_KIND_CONCURRENT_KERNEL, k->graphId)) {
-			G.records_discarded++;
+			add64(&G.records_discarded, 1);
 			return;
 		}
 		struct pm_rec_kernel r;
@@ -622,7 +622,7 @@ static void convert_record(const void *rec)
 	case PM_KIND_GRAPH_TRACE: {
 		const struct pm_cupti_graph_trace *g = rec;
 		if (!keep_graph_detail(kind, g->graphId)) {
-			G.records_discarded++;
+			add64(&G.records_discarded, 1);
 			return;
 		}
 		struct pm_rec_graph_trace r;
@@ -698,7 +698,7 @@ static void convert_record(const void *rec)
 	case PM_KIND_RUNTIME: {
 		const struct pm_cupti_api *a = rec;
 		if (!api_allowed(kind == PM_KIND_RUNTIME, a->cbid)) {
-			G.records_discarded++;
+			add64(&G.records_discarded, 1);
 			return;
 		}
 		struct pm_rec_api r;
@@ -741,7 +741,7 @@ static void process_buffer(struct pm_buf *b)
 	uint8_t *data = (uint8_t *)b + PM_BUF_HDR;
 	size_t valid = b->valid > b->size ? b->size : b->valid;
 	if (b->shared) { /* emergency buffer shared between requests: contents unreliable */
-		G.records_discarded += valid / 64 + (valid % 64 != 0);
+		add64(&G.records_discarded, 1); /* contents unreliable: count the buffer, a lower bound */
 		return;
 	}
 	void *rec = NULL;
@@ -755,7 +755,7 @@ static void process_buffer(struct pm_buf *b)
 		}
 		n++;
 		if (b->discard || !G.enabled)
-			G.records_discarded++;
+			add64(&G.records_discarded, 1);
 		else
 			convert_record(rec);
 	}
@@ -811,7 +811,7 @@ static struct pm_buf *buf_alloc(size_t size, int discard)
 }
 
 #define PM_DISCARD_SIZE (256u << 10)
-#define PM_DISCARD_COUNT 4
+#define PM_DISCARD_COUNT 8
 
 static void pm_buffer_requested(uint8_t **buffer, size_t *size, size_t *maxNumRecords)
 {
@@ -868,15 +868,33 @@ static void pm_buffer_completed(void *ctx, uint32_t streamId, uint8_t *buffer, s
 	if ((uintptr_t)buffer < PM_BUF_HDR || b->magic != PM_BUF_MAGIC)
 		return; /* not ours (the last-resort buffer, or a hijacked callback) */
 	add64(&G.buffers_completed, 1);
-	pthread_mutex_lock(&G.mu);
-	b->valid = validSize;
-	b->next = NULL;
 	if (b->shared) {
-		/* shared emergency buffer: count and forget, it may be in use again */
-		G.records_discarded += validSize / 64 + (validSize % 64 != 0);
+		/* shared emergency buffer (every discard buffer was out): its contents may mix
+		 * several writers, so it is not walked; count it as one lost record (a lower bound) */
+		add64(&G.records_discarded, 1);
+		return;
+	}
+	if (b->discard) {
+		/* over budget: count the records now and recycle the buffer at once, so the
+		 * small discard pool never runs dry while the agent thread sleeps */
+		uint8_t *data = (uint8_t *)b + PM_BUF_HDR;
+		size_t valid = validSize > b->size ? b->size : validSize;
+		void *rec = NULL;
+		uint64_t n = 0;
+		while (G.GetNextRecord(data, valid, &rec) == PM_CUPTI_SUCCESS)
+			n++;
+		memset(data, 0, valid);
+		add64(&G.records_discarded, n);
+		pthread_mutex_lock(&G.mu);
+		b->valid = 0;
+		b->next = G.discard_free;
+		G.discard_free = b;
 		pthread_mutex_unlock(&G.mu);
 		return;
 	}
+	pthread_mutex_lock(&G.mu);
+	b->valid = validSize;
+	b->next = NULL;
 	if (G.done_tail)
 		G.done_tail->next = b;
 	else
