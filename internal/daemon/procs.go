@@ -189,7 +189,7 @@ func looksPython(comm string, cmdline []string) bool {
 func roleOf(comm string, cmdline []string, isRoot bool) string {
 	s := comm + " " + strings.Join(cmdline, " ")
 	switch {
-	case strings.Contains(s, "EngineCore"):
+	case strings.Contains(s, "EngineCor"):
 		return "engine-core"
 	case strings.Contains(s, "Worker"):
 		return "worker"

@@ -60,6 +60,11 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case p == "/captures" || strings.HasPrefix(p, "/captures/") || p == "/processes" || p == "/metrics" || p == "/healthz":
+			writeErr(w, apiErr(405, "%s is not allowed on %s", r.Method, p))
+			return
+		}
 		writeErr(w, apiErr(404, "no such endpoint %s %s; the API is POST /captures, GET /captures, GET /captures/{id}, GET /captures/{id}/bundle, GET /processes, GET /metrics, GET /healthz", r.Method, r.URL.Path))
 	})
 	var h http.Handler = mux

@@ -4,7 +4,12 @@ The root plays `vllm serve`; it starts an engine core, which starts --workers wo
 vLLM V1 with tensor parallelism. vLLM renames its processes (VLLM::EngineCore, VLLM::Worker_TPn);
 so does this, through /proc/self/comm.
 
-Each process holds a producer ring exactly as a dormant CUPTI agent does
+With FAKE_VLLM_AGENT=1 (the test also sets LD_PRELOAD=cupti/build/libprofilemate.so and
+LD_LIBRARY_PATH=cupti/build/testlib) each process is a real CUDA client of the fake libcuda:
+cuInit runs the real agent's InitializeInjection with the mock CUPTI, and every cuLaunchKernel
+becomes a kernel record of the real agent, dormant until a tracer enables it.
+
+Without it, each process holds a producer ring exactly as a dormant CUPTI agent does
 (docs/record-format.md): a memfd named profilemate-cupti, producer_state running, collection
 off until a tracer sets control_enable; it acknowledges control_seq, writes kernel records
 (layout from pyhook/profilemate_trace/_records.py, generated from the schema) while enabled,
@@ -84,6 +89,33 @@ def control_change(enable, detail, seq, reason):
                                  reason=reason, reserved=0)
 
 
+class Cuda:
+    """The real agent under the fake driver: launches go through libcuda.so.1."""
+
+    def __init__(self):
+        import ctypes
+        self.c = ctypes
+        self.cu = ctypes.CDLL("libcuda.so.1")
+        self.check(self.cu.cuInit(0), "cuInit")
+        mod = ctypes.c_void_p()
+        self.check(self.cu.cuModuleLoadData(ctypes.byref(mod), b"fake"), "cuModuleLoadData")
+        self.fn = ctypes.c_void_p()
+        self.check(self.cu.cuModuleGetFunction(ctypes.byref(self.fn), mod, b"fake_vllm_decode_kernel"), "cuModuleGetFunction")
+        self.stream = ctypes.c_void_p()
+        self.check(self.cu.cuStreamCreate(ctypes.byref(self.stream), 0), "cuStreamCreate")
+        self.launches = 0
+
+    def check(self, r, what):
+        if r != 0:
+            raise SystemExit("%s failed: %d" % (what, r))
+
+    def step(self, n):
+        for _ in range(n):
+            self.check(self.cu.cuLaunchKernel(self.fn, 1, 1, 1, 128, 1, 1, 0, self.stream, None, None), "cuLaunchKernel")
+            self.launches += 1
+        self.check(self.cu.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--role", default="server")
@@ -116,13 +148,10 @@ def main():
     elif a.role == "worker":
         with open("/proc/self/comm", "w") as f:
             f.write("VLLM::Worker_TP%d" % a.tp)
+    if os.environ.get("FAKE_VLLM_AGENT") == "1":
+        return agent_loop(a, children)
     ring = Ring()
-    me = [sys.executable, os.path.abspath(__file__), "--health", a.health, "--rate", str(a.rate)]
-    if a.role == "server":
-        children.append(subprocess.Popen(me + ["--role", "engine", "--workers", str(a.workers)]))
-    elif a.role == "engine":
-        for i in range(a.workers):
-            children.append(subprocess.Popen(me + ["--role", "worker", "--tp", str(i)]))
+    spawn(a, children)
     enabled = False
     detail = 0
     corr = 0
@@ -156,6 +185,38 @@ def main():
             tmp = "%s.%d.tmp" % (a.health, os.getpid())
             with open(tmp, "w") as f:
                 f.write("%d %d %d\n" % (beat, int(enabled), ring.written))
+            os.replace(tmp, "%s.%d" % (a.health, os.getpid()))
+            last_health = now
+        for c in children:
+            if c.poll() is not None:
+                children.remove(c)
+        time.sleep(0.01)
+
+
+def spawn(a, children):
+    me = [sys.executable, os.path.abspath(__file__), "--health", a.health, "--rate", str(a.rate)]
+    if a.role == "solo":  # a single process, no children
+        return
+    if a.role == "server":
+        children.append(subprocess.Popen(me + ["--role", "engine", "--workers", str(a.workers)]))
+    elif a.role == "engine":
+        for i in range(a.workers):
+            children.append(subprocess.Popen(me + ["--role", "worker", "--tp", str(i)]))
+
+
+def agent_loop(a, children):
+    cuda = Cuda()
+    spawn(a, children)
+    beat = 0
+    last_health = 0
+    while True:
+        cuda.step(a.rate)
+        now = time.monotonic()
+        if a.health and now - last_health > 0.05:
+            beat += 1
+            tmp = "%s.%d.tmp" % (a.health, os.getpid())
+            with open(tmp, "w") as f:
+                f.write("%d -1 %d\n" % (beat, cuda.launches))
             os.replace(tmp, "%s.%d" % (a.health, os.getpid()))
             last_health = now
         for c in children:
