@@ -10,19 +10,20 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > gpu.txt
 date -u +%FT%TZ >> gpu.txt
 : > results.jsonl
 for rep in $(seq 1 "$REPS"); do
-  for loop in graph eager; do
+  for loopsize in graph:small graph:8b eager:small; do
+    loop=${loopsize%%:*}; size=${loopsize##*:}; tag=$loop-$size
     for mode in untraced dormant graph nodes torchprof; do
-      sess="$OUT/s-$loop-$mode-$rep"
+      sess="$OUT/s-$tag-$mode-$rep"
       case $mode in
-        untraced)  line=$($PY "$D/bench.py" --loop $loop --seconds $SECS) ;;
-        dormant)   line=$(LD_PRELOAD="$D/libprofilemate.so" $PY "$D/bench.py" --loop $loop --seconds $SECS) ;;
+        untraced)  line=$($PY "$D/bench.py" --loop $loop --size $size --seconds $SECS) ;;
+        dormant)   line=$(LD_PRELOAD="$D/libprofilemate.so" $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS) ;;
         graph|nodes) line=$("$D/profilemate-trace" run --detail $mode --agent "$D/libprofilemate.so" --no-pyhook --no-bundle -o "$sess" -- \
-                       $PY "$D/bench.py" --loop $loop --seconds $SECS 2>/dev/null | tail -1) ;;
-        torchprof) line=$($PY "$D/bench.py" --loop $loop --seconds $SECS --torch-profiler) ;;
+                       $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS 2>/dev/null | tail -1) ;;
+        torchprof) line=$($PY "$D/bench.py" --loop $loop --size $size --seconds $SECS --torch-profiler) ;;
       esac
       recs=0
       if [ -d "$sess" ]; then recs=$($PY -c "import json,glob,sys; m=json.load(open(glob.glob('$sess/session_*/metadata.json')[0])); print(sum(s['records'] for s in m['streams']))"); fi
-      echo "{\"rep\": $rep, \"loop\": \"$loop\", \"mode\": \"$mode\", \"records\": $recs, \"r\": $line}" | tee -a results.jsonl
+      echo "{\"rep\": $rep, \"loop\": \"$tag\", \"mode\": \"$mode\", \"records\": $recs, \"r\": $line}" | tee -a results.jsonl
       rm -rf "$sess"
     done
   done

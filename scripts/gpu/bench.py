@@ -2,9 +2,11 @@
 
   python3 bench.py --loop graph|eager [--seconds S] [--torch-profiler]
 
-graph: a decode-like step: replay a CUDA graph of a small 24-layer MLP stack, then read back a
-       few sampled tokens (D2H) and synchronize, as vLLM does every decode step; an eager
-       prefill-like step every 16 steps.
+graph: a decode-like step: replay a CUDA graph of an MLP stack, then read back the sampled
+       tokens (D2H) and synchronize, as vLLM does every decode step; an eager prefill-like
+       step every 16 steps. --size small: 24 layers of 1024x1024 (a ~0.2 ms step, a stress
+       case); --size 8b: 32 layers shaped like Llama-3-8B's MLP (4096->14336->4096, fp16,
+       ~7.5 GB of weights read per step, a few ms like a real 8B decode step).
 eager: many small eager kernels (elementwise ops on a small tensor), synchronizing every 100.
 Reports steps/s over the measured window, the process CPU time, the CPU time of the agent's
 own thread (named "pm-agent*") and VmRSS.
@@ -39,13 +41,21 @@ def rss_kb():
     return 0
 
 
-def make_graph_step():
-    layers = [torch.nn.Linear(1024, 1024, device="cuda", dtype=torch.float16) for _ in range(24)]
-    x = torch.randn(64, 1024, device="cuda", dtype=torch.float16)
+def make_graph_step(size):
+    if size == "8b":
+        h, f, n = 4096, 14336, 32
+        layers = [(torch.nn.Linear(h, f, bias=False, device="cuda", dtype=torch.float16),
+                   torch.nn.Linear(f, h, bias=False, device="cuda", dtype=torch.float16)) for _ in range(n)]
+    else:
+        h = 1024
+        layers = [(torch.nn.Linear(h, h, device="cuda", dtype=torch.float16), None) for _ in range(24)]
+    x = torch.randn(64, h, device="cuda", dtype=torch.float16)
 
     def fwd(inp):
-        for l in layers:
-            inp = torch.relu(l(inp))
+        for up, down in layers:
+            inp = torch.relu(up(inp))
+            if down is not None:
+                inp = down(inp)
         return inp
 
     s = torch.cuda.Stream()
@@ -57,7 +67,7 @@ def make_graph_step():
     with torch.no_grad(), torch.cuda.graph(g):
         out = fwd(x)
         tok = out.argmax(dim=-1)
-    prefill_x = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
+    prefill_x = torch.randn(512, h, device="cuda", dtype=torch.float16)
     n = [0]
 
     def step():
@@ -88,10 +98,11 @@ def make_eager_step():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", choices=["graph", "eager"], required=True)
+    ap.add_argument("--size", choices=["small", "8b"], default="small")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--torch-profiler", action="store_true")
     a = ap.parse_args()
-    step = make_graph_step() if a.loop == "graph" else make_eager_step()
+    step = make_graph_step(a.size) if a.loop == "graph" else make_eager_step()
     for _ in range(50):
         step()
     torch.cuda.synchronize()

@@ -6,7 +6,7 @@ import sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 gpu = open(sys.argv[2]).read().strip().replace("\n", ", ")
 print(f"GPU/driver/date: {gpu}\n")
-for loop in ("graph", "eager"):
+for loop in sorted({r["loop"] for r in rows}):
     base = statistics.median(r["r"]["steps_per_s"] for r in rows if r["loop"] == loop and r["mode"] == "untraced")
     base_rss = statistics.median(r["r"]["rss_kb"] for r in rows if r["loop"] == loop and r["mode"] == "untraced")
     print(f"### {loop} loop (untraced: {base:.1f} steps/s)\n")

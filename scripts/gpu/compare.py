@@ -1,6 +1,6 @@
 """Compare a traced run of workload.py with torch.profiler on the same workload.
 
-  python3 compare.py EXPECT.json TORCHPROF.json GRAPH_SESSION NODES_SESSION PYHOOK_DIR
+  python3 compare.py EXPECT_GRAPH.json EXPECT_NODES.json TORCHPROF.json GRAPH_SESSION NODES_SESSION PYHOOK_DIR
 
 Checks (each printed as a row of a markdown table; exit 1 if any fails):
   * per kernel name: our count == torch.profiler's (nodes level: all kernels; graph level:
@@ -17,11 +17,12 @@ import os
 import struct
 import sys
 
-exp_path, tp_path, gdir, ndir, pyhook = sys.argv[1:6]
+exp_path, expn_path, tp_path, gdir, ndir, pyhook = sys.argv[1:7]
 sys.path.insert(0, pyhook)
 from profilemate_trace import _records as R  # noqa: E402
 
 exp = json.load(open(exp_path))
+expn = json.load(open(expn_path))
 tp = json.load(open(tp_path))
 rows, failed = [], []
 
@@ -83,10 +84,7 @@ def median_us(streams, pid, raw):
 G, N = kernels_csv(gdir), kernels_csv(ndir)
 gs, ns = raw_streams(gdir), raw_streams(ndir)
 gmap, nmap = by_name(G), by_name(N)
-main_pid = None
-for meta, recs in gs:
-    if any(n == "graph_trace" for n, _ in recs):
-        main_pid = meta["pid"]
+main_pid, main_pid_nodes = exp["main_pid"], expn["main_pid"]
 
 # Kernel counts and medians against torch.profiler.
 unmatched = []
@@ -102,7 +100,7 @@ for name, t in sorted(tp["kernels"].items(), key=lambda kv: -kv[1]["count"]):
     got_eager = int(grow["eager_count"]) if grow else 0
     check(f"graph-level eager count {nrow['kernel_name'][:50]}", got_eager == want_eager, f"ours {got_eager} torch {t['count']} - {graph_n} in graphs")
     if t["count"] >= 20:
-        med = median_us(ns, main_pid, nrow["raw_name"])
+        med = median_us(ns, main_pid_nodes, nrow["raw_name"])
         if med:
             rel = abs(med - t["median_us"]) / t["median_us"] if t["median_us"] else 0
             check(f"median {nrow['kernel_name'][:60]}", rel <= 0.02, f"ours {med:.3f} us torch {t['median_us']:.3f} us ({100*rel:.2f} %)")
@@ -115,10 +113,10 @@ for meta, recs in gs:
 check("graph replays (graph level)", replays == exp["replays"], f"ours {replays} workload {exp['replays']}")
 
 # Copies.
-for level, streams in (("graph", gs), ("nodes", ns)):
+for level, streams, mpid in (("graph", gs, main_pid), ("nodes", ns, main_pid_nodes)):
     h2d = d2h = 0
     for meta, recs in streams:
-        if meta["pid"] != main_pid:
+        if meta["pid"] != mpid:
             continue
         for n, r in recs:
             if n == "memcpy":

@@ -13,5 +13,5 @@ for lvl in graph nodes; do
   "$D/profilemate-trace" run --detail $lvl --agent "$D/libprofilemate.so" --no-pyhook -o "sess-$lvl" -- \
     $PY "$D/workload.py" --expect "expect-$lvl.json" || { echo "traced run ($lvl) failed"; exit 1; }
 done
-$PY "$D/compare.py" expect-graph.json torchprof.json sess-graph/session_*/ sess-nodes/session_*/ "$D/pyhook" | tee compare.md
+$PY "$D/compare.py" expect-graph.json expect-nodes.json torchprof.json sess-graph/session_*/ sess-nodes/session_*/ "$D/pyhook" | tee compare.md
 exit ${PIPESTATUS[0]}
