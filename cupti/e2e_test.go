@@ -818,3 +818,77 @@ func TestMemoryBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelSampling: with sample_every = N the kernel kind is on for one flush
+// period in N; window edges are control_change records (reason 4/5); graph
+// replays stay complete.
+func TestKernelSampling(t *testing.T) {
+	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=100"), "loop")
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 5*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	r.Heartbeat()
+	r.SetControl(true, ring.DetailGraph, 4)
+	if err := WaitAck(r, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1700 * time.Millisecond)
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	var opens, closes int
+	var windows [][2]uint64
+	for _, cc := range c.controls {
+		switch cc.Reason {
+		case 4:
+			opens++
+			windows = append(windows, [2]uint64{cc.TsNS, 1 << 63})
+		case 5:
+			closes++
+			if len(windows) > 0 {
+				windows[len(windows)-1][1] = cc.TsNS
+			} else {
+				windows = append(windows, [2]uint64{0, cc.TsNS}) // the first window opened with the enable
+			}
+		}
+		if cc.SampleEvery != 4 {
+			t.Errorf("control change %+v", cc)
+		}
+	}
+	if c.controls[0].Reason != 0 || closes < 2 || opens < 2 {
+		t.Fatalf("window edges: %d opened, %d closed (%+v)", opens, closes, c.controls)
+	}
+	if len(windows) > 0 && windows[0][0] == 0 {
+		windows[0][0] = c.controls[0].TsNS
+	}
+	outside := 0
+	for _, k := range c.kernels {
+		in := false
+		for _, w := range windows {
+			if k.StartNS >= w[0]-5e6 && k.StartNS <= w[1]+5e6 {
+				in = true
+			}
+		}
+		if !in {
+			outside++
+		}
+	}
+	iters := 0
+	fmt.Sscanf(strings.TrimPrefix(p.allLines()[len(p.allLines())-1], ""), "ITERS %d", &iters)
+	t.Logf("%d kernels in %d windows, %d graph replays, %d loop iterations", len(c.kernels), opens+1, len(c.graphs), iters)
+	if outside != 0 {
+		t.Errorf("%d kernels outside the sampling windows", outside)
+	}
+	if len(c.kernels) == 0 || len(c.kernels) > len(c.graphs)/2 {
+		t.Errorf("kernels %d not sampled (graph replays %d)", len(c.kernels), len(c.graphs))
+	}
+	launches := 0
+	for _, a := range c.apis {
+		if a.Cbid == 514 {
+			launches++
+		}
+	}
+	if launches == 0 || len(c.graphs) != launches {
+		t.Errorf("graph replays %d, graph launch calls %d: graph trace must stay complete", len(c.graphs), launches)
+	}
+}

@@ -35,7 +35,8 @@
 /* ------------------------------------------------------------------ config */
 
 enum { PM_DETAIL_OFF = 0, PM_DETAIL_GRAPH = 1, PM_DETAIL_NODES = 2 };
-enum { PM_REASON_TRACER = 0, PM_REASON_ENV = 1, PM_REASON_ORPHAN = 2, PM_REASON_YIELD = 3 };
+enum { PM_REASON_TRACER = 0, PM_REASON_ENV = 1, PM_REASON_ORPHAN = 2, PM_REASON_YIELD = 3, PM_REASON_WINDOW_OPEN = 4,
+       PM_REASON_WINDOW_CLOSE = 5 };
 enum { PM_LOG_DEBUG = 0, PM_LOG_INFO = 1, PM_LOG_WARN = 2, PM_LOG_ERROR = 3 };
 enum {
 	PM_AF_ARMED = 1u << 0, PM_AF_LATE = 1u << 1, PM_AF_PASSIVE = 1u << 2, PM_AF_TSCB = 1u << 3,
@@ -273,6 +274,8 @@ static struct {
 	int api_on;
 	int orphaned;
 	int yielded;
+	int sample_on;          /* kernel sampling: CONCURRENT_KERNEL enabled in this window */
+	uint64_t sample_tick;
 	/* names (agent thread only) */
 	struct pm_name *ptab;
 	uint32_t ptab_cap, ptab_n;
@@ -932,9 +935,10 @@ static uint32_t wanted_kinds(int enabled, uint32_t detail)
 	k |= KB_MEMCPY | KB_MEMSET | KB_SYNC | KB_OVH;
 	if (C.api && !(G.agent_flags & PM_AF_ALLOWLIST))
 		k |= KB_DRV | KB_RT; /* no per-cbid switch: enable the kinds and filter on conversion */
+	int ck = G.sample_every <= 1 || G.sample_on; /* sampled: kernels only inside a window */
 	if (detail == PM_DETAIL_GRAPH)
-		k |= KB_CK | KB_GT;
-	else if (detail == PM_DETAIL_NODES)
+		k |= (ck ? KB_CK : 0) | KB_GT;
+	else if (detail == PM_DETAIL_NODES && ck)
 		k |= KB_CK;
 	return k;
 }
@@ -993,6 +997,8 @@ static void apply_control(int enable, uint32_t detail, uint32_t sample_every, ui
 	G.enabled = enable;
 	G.detail = detail;
 	G.sample_every = sample_every;
+	G.sample_on = 1; /* a sampled capture starts with a kernel window */
+	G.sample_tick = 0;
 	if (enable) {
 		set_kinds(wanted_kinds(1, detail));
 		set_api_allowlist(C.api);
@@ -1049,6 +1055,23 @@ static void poll_control(void)
 			G.orphaned = 1;
 		}
 	}
+}
+
+/* Kernel sampling (sample_every = N > 1): CONCURRENT_KERNEL is enabled for one flush
+ * period out of N, so CUPTI's per-kernel cost is paid only inside windows. GRAPH_TRACE and
+ * everything else stay on. Each window edge is a control_change record (reason 4 opened,
+ * 5 closed) so consumers can scale counts. Agent thread only. */
+static void sample_tick(void)
+{
+	if (!G.running || !G.enabled || G.sample_every <= 1 || G.detail == PM_DETAIL_OFF)
+		return;
+	G.sample_tick++;
+	int on = G.sample_tick % G.sample_every == 0;
+	if (on == G.sample_on)
+		return;
+	G.sample_on = on;
+	set_kinds(wanted_kinds(1, G.detail));
+	emit_control_change(on ? PM_REASON_WINDOW_OPEN : PM_REASON_WINDOW_CLOSE);
 }
 
 static void flush_once(int forced)
@@ -1110,6 +1133,7 @@ static void *pm_thread_main(void *arg)
 		uint64_t now = pm_now_ns();
 		if (now >= next_flush) {
 			flush_once(0);
+			sample_tick();
 			next_flush = now + (uint64_t)C.flush_ms * 1000000ull;
 		}
 		if (now >= next_stats) {
