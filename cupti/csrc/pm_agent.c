@@ -258,6 +258,8 @@ static struct {
 	struct pm_buf *discard_free;
 	struct pm_buf *emergency;
 	uint64_t pool_bytes, pool_budget;
+	struct pm_buf *registry[256]; /* every buffer we ever handed out (bounded by the budget) */
+	uint32_t nregistry;
 	/* agent thread */
 	pthread_t thread;
 	int thread_started;
@@ -810,7 +812,30 @@ static struct pm_buf *buf_alloc(size_t size, int discard)
 	b->magic = PM_BUF_MAGIC;
 	b->size = size;
 	b->discard = discard;
+	pthread_mutex_lock(&G.mu);
+	if (G.nregistry < sizeof G.registry / sizeof *G.registry) {
+		G.registry[G.nregistry++] = b;
+	} else {
+		pthread_mutex_unlock(&G.mu);
+		munmap(p, size + PM_BUF_HDR);
+		return NULL;
+	}
+	pthread_mutex_unlock(&G.mu);
 	return b;
+}
+
+/* Maps a buffer pointer from CUPTI back to our header, or NULL if it is not ours. */
+static struct pm_buf *buf_lookup(uint8_t *buffer)
+{
+	struct pm_buf *found = NULL;
+	pthread_mutex_lock(&G.mu);
+	for (uint32_t i = 0; i < G.nregistry; i++)
+		if ((uint8_t *)G.registry[i] + PM_BUF_HDR == buffer) {
+			found = G.registry[i];
+			break;
+		}
+	pthread_mutex_unlock(&G.mu);
+	return found;
 }
 
 #define PM_DISCARD_SIZE (256u << 10)
@@ -845,7 +870,7 @@ static void pm_buffer_requested(uint8_t **buffer, size_t *size, size_t *maxNumRe
 		}
 	}
 	if (!b) { /* cannot happen after a successful init; never decline a buffer */
-		static uint8_t last_resort[4096] __attribute__((aligned(64)));
+		static uint8_t last_resort[4096] __attribute__((aligned(64))); /* not in the registry: ignored on completion */
 		*buffer = last_resort;
 		*size = sizeof last_resort;
 		add64(&G.buffers_discard, 1);
@@ -867,9 +892,9 @@ static void pm_buffer_completed(void *ctx, uint32_t streamId, uint8_t *buffer, s
 	(void)size;
 	if (!buffer || G.poisoned)
 		return;
-	struct pm_buf *b = (struct pm_buf *)(buffer - PM_BUF_HDR);
-	if ((uintptr_t)buffer < PM_BUF_HDR || b->magic != PM_BUF_MAGIC)
-		return; /* not ours (the last-resort buffer, or a hijacked callback) */
+	struct pm_buf *b = buf_lookup(buffer);
+	if (!b)
+		return; /* not ours (the last-resort buffer, or another client's buffer after a hijack) */
 	add64(&G.buffers_completed, 1);
 	if (b->shared) {
 		/* shared emergency buffer (every discard buffer was out): its contents may mix
