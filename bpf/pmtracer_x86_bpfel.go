@@ -54,6 +54,8 @@ type pmTracerPmPyconf struct {
 	FrameOwner      uint32
 	OwnerSkipMin    uint32
 	CodeMask        uint64
+	WinOff          uint32
+	WinLen          uint32
 	Space           uint32
 	Pad             uint32
 }
@@ -113,6 +115,7 @@ const (
 	pmTracerProgPmFork            = "pm_fork"
 	pmTracerVarPmEmitLaunches     = "pm_emit_launches"
 	pmTracerVarPmMaxDepth         = "pm_max_depth"
+	pmTracerVarPmWakeupBytes      = "pm_wakeup_bytes"
 	pmTracerVarUnusedCodeKey      = "unused_code_key"
 	pmTracerVarUnusedCodeVal      = "unused_code_val"
 	pmTracerVarUnusedCounterKey   = "unused_counter_key"
@@ -193,6 +196,7 @@ type pmTracerMapSpecs struct {
 type pmTracerVariableSpecs struct {
 	PmEmitLaunches   *ebpf.VariableSpec `ebpf:"pm_emit_launches"`
 	PmMaxDepth       *ebpf.VariableSpec `ebpf:"pm_max_depth"`
+	PmWakeupBytes    *ebpf.VariableSpec `ebpf:"pm_wakeup_bytes"`
 	UnusedCodeKey    *ebpf.VariableSpec `ebpf:"unused_code_key"`
 	UnusedCodeVal    *ebpf.VariableSpec `ebpf:"unused_code_val"`
 	UnusedCounterKey *ebpf.VariableSpec `ebpf:"unused_counter_key"`
@@ -252,6 +256,7 @@ func (m *pmTracerMaps) Close() error {
 type pmTracerVariables struct {
 	PmEmitLaunches   *ebpf.Variable `ebpf:"pm_emit_launches"`
 	PmMaxDepth       *ebpf.Variable `ebpf:"pm_max_depth"`
+	PmWakeupBytes    *ebpf.Variable `ebpf:"pm_wakeup_bytes"`
 	UnusedCodeKey    *ebpf.Variable `ebpf:"unused_code_key"`
 	UnusedCodeVal    *ebpf.Variable `ebpf:"unused_code_val"`
 	UnusedCounterKey *ebpf.Variable `ebpf:"unused_counter_key"`

@@ -59,6 +59,9 @@ const (
 // NoOffset marks an absent offset in PyConf (PM_NONE).
 const NoOffset = 0xffffffff
 
+// WinMax is the largest frame window the walk reads (PM_WIN_MAX).
+const WinMax = 80
+
 // MaxDepth is the compile-time bound of the frame walk (PM_MAX_DEPTH).
 const MaxDepth = 96
 

@@ -122,6 +122,23 @@ func NewSpec(cfg Config, multi bool) (*ebpf.CollectionSpec, error) {
 	return spec, nil
 }
 
+// CheckPyConf verifies what the BPF walk assumes about a config: code and previous offsets are
+// 8-byte aligned inside a window of at most bpf.WinMax bytes.
+func CheckPyConf(c bpf.PyConf) error {
+	if c.WinLen == 0 || c.WinLen > bpf.WinMax {
+		return fmt.Errorf("frame window of %d bytes (max %d)", c.WinLen, bpf.WinMax)
+	}
+	for _, o := range []uint32{c.FrameCode, c.FramePrev} {
+		if o < c.WinOff || (o-c.WinOff)%8 != 0 || o-c.WinOff+8 > c.WinLen {
+			return fmt.Errorf("frame field at %d not an aligned word of the window [%d,+%d)", o, c.WinOff, c.WinLen)
+		}
+	}
+	if c.FrameOwner != bpf.NoOffset && (c.FrameOwner < c.WinOff || c.FrameOwner-c.WinOff >= c.WinLen) {
+		return fmt.Errorf("frame owner at %d outside the window", c.FrameOwner)
+	}
+	return nil
+}
+
 // PyConf converts a validated CPython layout into the BPF per-process config.
 func PyConf(p *pyproc.Process) bpf.PyConf {
 	l := p.Layout
@@ -147,6 +164,15 @@ func PyConf(p *pyproc.Process) bpf.PyConf {
 	if l.Minor == 10 {
 		c.WalkKind = 1
 	}
+	// One read per frame: the window from the lowest to the end of the highest field.
+	lo, hi := l.FrameCode, l.FrameCode+8
+	for _, f := range []struct{ off, size uint64 }{{l.FramePrev, 8}, {l.FrameOwner, 1}} {
+		if f.off == pyproc.None {
+			continue
+		}
+		lo, hi = min(lo, f.off), max(hi, f.off+f.size)
+	}
+	c.WinOff, c.WinLen = uint32(lo), uint32(hi-lo)
 	return c
 }
 

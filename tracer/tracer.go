@@ -386,6 +386,11 @@ func (t *Tracer) setupPython(p *proc) {
 		p.pyErr = err
 		return
 	}
+	if err := CheckPyConf(PyConf(py)); err != nil {
+		py.Close()
+		p.pyErr = fmt.Errorf("CPython %s layout: %w", py.VersionString(), err)
+		return
+	}
 	if _, err := py.GilstateKey(threads); err != nil {
 		t.log.Debug("gilstate key not usable; thread map only", "pid", p.pid, "error", err)
 	}

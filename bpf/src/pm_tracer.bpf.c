@@ -55,6 +55,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 #define PM_MAX_DEPTH 96 // hard bound of the frame walk; pm_cfg.max_depth may lower it
 #define PM_NONE 0xffffffffu
+#define PM_WIN_MAX 80 // bytes of a frame read per step (3.12+: code@0 .. owner@70/74)
 
 // Per-process CPython layout, written by the tracer at attach (tracer/pyconf.go mirrors it via bpf2go).
 struct pm_pyconf {
@@ -69,6 +70,8 @@ struct pm_pyconf {
 	__u32 frame_owner;      // frame -> owner byte, PM_NONE when absent
 	__u32 owner_skip_min;   // skip frames whose owner >= this (C-stack shim / interpreter frames)
 	__u64 code_mask;        // mask for tagged f_executable (3.14); ~0 otherwise
+	__u32 win_off;          // the walk reads frame[win_off .. win_off+win_len) in one go; the
+	__u32 win_len;          // frame_* offsets above lie inside it (win_len <= PM_WIN_MAX)
 	__u32 space;            // code-object space: the pid whose exec created this image; a forked
 	                        // child shares its parent's space (same code objects, same addresses)
 	__u32 pad;
@@ -111,6 +114,9 @@ struct pm_sync_state {
 // Load-time settings (rule 11: set through CollectionSpec.Variables before load).
 volatile const __u32 pm_max_depth = 64;
 volatile const __u32 pm_emit_launches = 1; // 0: counters only, no launch records
+// Launch and sync records do not wake the reader until this much data is waiting (the reader
+// also polls); a wakeup per record costs microseconds on the launching thread.
+volatile const __u32 pm_wakeup_bytes = 256 << 10;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -188,6 +194,12 @@ static __always_inline void pm_drop(__u32 reason)
 		*c += 1;
 }
 
+static __always_inline __u64 pm_wakeup(void)
+{
+	return bpf_ringbuf_query(&pm_events, BPF_RB_AVAIL_DATA) >= pm_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										   : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void pm_hdr(struct pm_rec_hdr *h, __u16 type, __u32 size)
 {
 	h->type = type;
@@ -263,7 +275,7 @@ struct pm_walk_ctx {
 	__u32 pid, tid, space, pad;
 	__u64 now;
 	__u64 frame;
-	__u32 code_off, prev_off, owner_off, skip_min;
+	__u32 code_off, prev_off, owner_off, skip_min, win_off, win_len;
 	__u64 mask;
 	__u32 emitted;
 	__u32 stop;
@@ -280,20 +292,29 @@ static long pm_walk_step(__u64 i, void *arg)
 		c->stop = 1;
 		return 1;
 	}
-	__u64 code = 0, prev = 0;
-	if (bpf_probe_read_user(&code, sizeof(code), (const void *)(frame + c->code_off)) != 0 ||
-	    bpf_probe_read_user(&prev, sizeof(prev), (const void *)(frame + c->prev_off)) != 0) {
+	// One read per frame: code, previous and owner come from the same window.
+	__u8 buf[128] __attribute__((aligned(8))) = {}; // masks below index inside 128 bytes
+	__u32 len = c->win_len;
+	if (len == 0 || len > PM_WIN_MAX) {
+		c->stop = 1;
+		return 1;
+	}
+	if (bpf_probe_read_user(buf, len, (const void *)(frame + c->win_off)) != 0) {
 		w->flags |= PM_F_READ_FAIL;
 		pm_drop(PM_DROP_READ);
 		c->stop = 1;
 		return 1;
 	}
+	// Offsets are multiples of 8 inside the window (checked by the tracer): index u64 words,
+	// masked so the verifier sees the bound.
+	__u64 *words = (__u64 *)buf;
+	__u32 co = ((c->code_off - c->win_off) >> 3) & 15, po = ((c->prev_off - c->win_off) >> 3) & 15;
+	__u64 code = words[co], prev = words[po];
 	w->depth = i + 1;
 	c->frame = prev;
 	if (c->owner_off != PM_NONE) {
-		__u8 owner = 0;
-		bpf_probe_read_user(&owner, 1, (const void *)(frame + c->owner_off));
-		if (owner >= c->skip_min)
+		__u32 oo = (c->owner_off - c->win_off) & 0x7f;
+		if (buf[oo] >= c->skip_min)
 			return 0;
 	}
 	code &= c->mask;
@@ -366,6 +387,8 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 		.prev_off = pc->frame_prev,
 		.owner_off = pc->frame_owner,
 		.skip_min = pc->owner_skip_min,
+		.win_off = pc->win_off,
+		.win_len = pc->win_len,
 		.mask = pc->code_mask,
 		.w = w,
 	};
@@ -501,7 +524,7 @@ static __always_inline int pm_entry(struct pt_regs *ctx)
 	r->phase = w.phase;
 	r->depth = w.depth;
 	r->flags = w.flags;
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, pm_wakeup());
 	return 0;
 }
 
@@ -524,7 +547,7 @@ static __always_inline int pm_return(struct pt_regs *ctx)
 	__builtin_memcpy(r, &st->rec, sizeof(*r));
 	r->end_ns = now;
 	r->result = (__s32)PT_REGS_RC(ctx);
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, pm_wakeup());
 	bpf_map_delete_elem(&pm_sync_pending, &tid);
 	return 0;
 }
