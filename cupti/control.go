@@ -12,6 +12,10 @@ import (
 // this machine (no cgo for the test driver, no agent in the target).
 var ErrNotAvailable = errors.New("cupti: GPU tracing not available")
 
+// ErrPassive is returned by Enable when the agent acknowledged but does not hold
+// CUPTI (another tool does, or it yielded and could not take CUPTI back).
+var ErrPassive = errors.New("cupti: agent is passive (CUPTI held by another tool)")
+
 // ErrNoAck is returned when the agent did not acknowledge a control change in time.
 var ErrNoAck = errors.New("cupti: agent did not acknowledge the control change")
 
@@ -24,7 +28,13 @@ const ControlYield = 2
 func Enable(r *ring.Reader, detail ring.Detail, timeout time.Duration) error {
 	r.Heartbeat()
 	r.SetControl(true, detail, 0)
-	return WaitAck(r, timeout)
+	if err := WaitAck(r, timeout); err != nil {
+		return err
+	}
+	if r.Header().ProducerState == ring.StatePassive {
+		return ErrPassive
+	}
+	return nil
 }
 
 // Disable turns collection off (dormant) and waits for the acknowledgement.
@@ -41,8 +51,9 @@ func Yield(r *ring.Reader, timeout time.Duration) error {
 	return WaitAck(r, timeout)
 }
 
-// WaitAck waits until control_ack equals control_seq, or until the producer is
-// no longer running (then it returns an error naming the state).
+// WaitAck waits until control_ack equals control_seq, or until the producer has
+// exited or failed (then it returns an error naming the state). Passive agents
+// acknowledge too.
 func WaitAck(r *ring.Reader, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -50,7 +61,7 @@ func WaitAck(r *ring.Reader, timeout time.Duration) error {
 		if h.ControlAck == h.ControlSeq {
 			return nil
 		}
-		if h.ProducerState != ring.StateRunning && h.ProducerState != ring.StateInit {
+		if h.ProducerState == ring.StateExited || h.ProducerState == ring.StateFailed {
 			return fmt.Errorf("%w: producer state %d", ErrNoAck, h.ProducerState)
 		}
 		if time.Now().After(deadline) {

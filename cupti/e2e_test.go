@@ -284,6 +284,9 @@ func TestSecondSubscriber(t *testing.T) {
 			pid := pidOf(t, p.waitLine("PID", 5*time.Second))
 			p.waitLine("READY", 5*time.Second)
 			r := findRing(t, pid, 2*time.Second)
+			if err := Enable(r, ring.DetailGraph, 2*time.Second); err != ErrPassive {
+				t.Errorf("Enable on a passive agent: %v", err)
+			}
 			p.quit()
 			c := newCapture()
 			c.drain(t, r)
@@ -677,7 +680,8 @@ func TestOrphanedTracer(t *testing.T) {
 	}
 }
 
-// TestYield: the tracer asks the agent to hand CUPTI to torch.profiler.
+// TestYield: the tracer asks the agent to hand CUPTI to torch.profiler, and later
+// takes it back (re-arm: subscribe, callbacks, clock, kinds again).
 func TestYield(t *testing.T) {
 	p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_FLUSH_MS=50"), "loop")
 	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
@@ -690,24 +694,38 @@ func TestYield(t *testing.T) {
 	if h := r.Header(); h.ProducerState != ring.StatePassive {
 		t.Errorf("state %d", h.ProducerState)
 	}
-	time.Sleep(200 * time.Millisecond)
-	p.quit()
+	time.Sleep(300 * time.Millisecond)
 	c := newCapture()
 	c.drain(t, r)
-	last := c.controls[len(c.controls)-1]
-	if last.Reason != 3 || len(c.kernels) == 0 {
-		t.Errorf("controls %+v kernels %d", c.controls, len(c.kernels))
+	yieldAt := c.controls[len(c.controls)-1]
+	if yieldAt.Reason != 3 || len(c.kernels) == 0 {
+		t.Fatalf("controls %+v kernels %d", c.controls, len(c.kernels))
 	}
 	for _, k := range c.kernels {
-		if k.StartNS > last.TsNS+20e6 {
+		if k.StartNS > yieldAt.TsNS+20e6 {
 			t.Fatalf("kernel after yield")
 		}
 	}
-	found := false
-	for _, l := range c.logs {
-		found = found || strings.Contains(l, "yielded CUPTI")
+	before := len(c.kernels)
+	// take CUPTI back
+	if err := Enable(r, ring.DetailGraph, 2*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	if !found {
+	if h := r.Header(); h.ProducerState != ring.StateRunning {
+		t.Errorf("state after re-arm %d", h.ProducerState)
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.quit()
+	c.drain(t, r)
+	if len(c.kernels) <= before || len(c.graphs) == 0 {
+		t.Errorf("no records after re-arm: kernels %d -> %d", before, len(c.kernels))
+	}
+	var yielded, rearmed bool
+	for _, l := range c.logs {
+		yielded = yielded || strings.Contains(l, "yielded CUPTI")
+		rearmed = rearmed || strings.Contains(l, "re-armed")
+	}
+	if !yielded || !rearmed {
 		t.Errorf("logs %q", c.logs)
 	}
 }

@@ -1054,6 +1054,38 @@ static void do_yield(void)
 	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_PASSIVE, __ATOMIC_RELEASE);
 }
 
+/* After a yield, a tracer's enable tries to take CUPTI back: subscribe again (another
+ * tool still holding it → stay passive, log who), re-register our callbacks and clock. */
+static pm_CUptiResult pm_subscribe(char *holder, size_t cap);
+static int do_rearm(void)
+{
+	char holder[256] = "";
+	pm_CUptiResult st = pm_subscribe(holder, sizeof holder);
+	if (st != PM_CUPTI_SUCCESS) {
+		emit_log(PM_LOG_WARN, "cupti_busy: %s (cuptiSubscribe error %d); still passive", holder[0] ? holder : "unknown",
+			 st);
+		return 0;
+	}
+	if (G.RegisterCallbacks(pm_buffer_requested, pm_buffer_completed) != PM_CUPTI_SUCCESS) {
+		G.Unsubscribe(G.subscriber);
+		G.subscriber = NULL;
+		emit_log(PM_LOG_ERROR, "re-arm: cuptiActivityRegisterCallbacks failed; still passive");
+		return 0;
+	}
+	if (G.RegisterTimestampCallback)
+		(void)G.RegisterTimestampCallback(pm_timestamp);
+	if (G.SetThreadIdType)
+		(void)G.SetThreadIdType(PM_THREAD_ID_TYPE_SYSTEM);
+	G.kinds_on = 0;
+	G.api_on = 0;
+	G.running = 1;
+	G.passive = 0;
+	G.yielded = 0;
+	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_RUNNING, __ATOMIC_RELEASE);
+	emit_log(PM_LOG_INFO, "re-armed: CUPTI taken back after a yield");
+	return 1;
+}
+
 /* ------------------------------------------------------------------ agent thread */
 
 static void poll_control(void)
@@ -1070,6 +1102,8 @@ static void poll_control(void)
 			do_yield();
 		else if (G.running)
 			apply_control(en == 1, det, se, PM_REASON_TRACER);
+		else if (G.yielded && en == 1 && do_rearm())
+			apply_control(1, det, se, PM_REASON_TRACER);
 		__atomic_store_n(&h->control_ack, seq, __ATOMIC_RELEASE);
 	}
 	if (G.running && G.enabled && C.orphan_ns) {
@@ -1350,6 +1384,21 @@ static int version_supported(uint32_t v)
 	return v >= 18;   /* CUDA 12.0 or newer */
 }
 
+static pm_CUptiResult pm_subscribe(char *holder, size_t cap)
+{
+	pm_CUptiResult st;
+	if (G.version >= 130000 && G.Subscribe_v2) {
+		struct pm_cupti_subscriber_params p = {
+			.structSize = sizeof p, .subscriberName = "profilemate", .oldSubscriberName = holder,
+			.oldSubscriberSize = cap};
+		st = G.Subscribe_v2(&G.subscriber, pm_subscriber_cb, NULL, &p);
+	} else {
+		st = G.Subscribe(&G.subscriber, pm_subscriber_cb, NULL);
+	}
+	holder[cap - 1] = 0;
+	return st;
+}
+
 static void go_passive(const char *why)
 {
 	G.passive = 1;
@@ -1364,6 +1413,20 @@ static void go_failed(const char *why)
 	emit_process_info();
 	emit_log(PM_LOG_ERROR, "%s", why);
 	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_FAILED, __ATOMIC_RELEASE);
+}
+
+static void start_agent_thread(void)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	if (pthread_create(&G.thread, NULL, pm_thread_main, NULL) == 0) {
+		G.thread_started = 1;
+		pthread_setname_np(G.thread, "pm-cupti");
+	} else {
+		emit_log(PM_LOG_ERROR, "cannot start the agent thread; records are flushed only at exit");
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 static void pm_init(void)
@@ -1388,6 +1451,7 @@ static void pm_init(void)
 
 	if (C.yield) {
 		go_passive("PROFILEMATE_YIELD set: CUPTI left to other tools");
+		start_agent_thread(); /* only acknowledges control changes */
 		return;
 	}
 	G.lib = open_cupti(G.lib_path, sizeof G.lib_path);
@@ -1410,21 +1474,13 @@ static void pm_init(void)
 		return;
 	}
 	/* Subscribe first: the advisory lock that tells other tools (and us) who owns CUPTI. */
-	pm_CUptiResult st;
 	char holder[256] = "";
-	if (G.version >= 130000 && G.Subscribe_v2) {
-		struct pm_cupti_subscriber_params p = {
-			.structSize = sizeof p, .subscriberName = "profilemate", .oldSubscriberName = holder,
-			.oldSubscriberSize = sizeof holder};
-		st = G.Subscribe_v2(&G.subscriber, pm_subscriber_cb, NULL, &p);
-	} else {
-		st = G.Subscribe(&G.subscriber, pm_subscriber_cb, NULL);
-	}
+	pm_CUptiResult st = pm_subscribe(holder, sizeof holder);
 	if (st != PM_CUPTI_SUCCESS) {
-		holder[sizeof holder - 1] = 0;
 		char why[400];
 		snprintf(why, sizeof why, "cupti_busy: %s (cuptiSubscribe error %d)", holder[0] ? holder : "unknown", st);
 		go_passive(why); /* zero further CUPTI calls */
+		start_agent_thread(); /* only acknowledges control changes */
 		return;
 	}
 	/* Before enabling any kind: clock, thread ids, buffer attributes. */
@@ -1470,6 +1526,7 @@ static void pm_init(void)
 		G.emergency->shared = 1;
 	st = G.RegisterCallbacks(pm_buffer_requested, pm_buffer_completed);
 	if (st != PM_CUPTI_SUCCESS) {
+		G.subscriber = NULL;
 		G.Unsubscribe(G.subscriber);
 		char why[96];
 		snprintf(why, sizeof why, "cuptiActivityRegisterCallbacks error %d", st);
@@ -1487,16 +1544,7 @@ static void pm_init(void)
 		apply_control(1, C.start_detail, 0, PM_REASON_ENV);
 	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_RUNNING, __ATOMIC_RELEASE);
 
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	if (pthread_create(&G.thread, NULL, pm_thread_main, NULL) == 0) {
-		G.thread_started = 1;
-		pthread_setname_np(G.thread, "pm-cupti");
-	} else {
-		emit_log(PM_LOG_ERROR, "cannot start the agent thread; records are flushed only at exit");
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	start_agent_thread();
 	pm_dbg("armed: cupti %u at %s, driver %u, flags 0x%x, ring %llu KiB, start=%d/%u", G.version, G.lib_path,
 	       G.driver_version, G.agent_flags, (unsigned long long)(C.ring_bytes >> 10), C.start_enable,
 	       C.start_detail);
