@@ -1,7 +1,7 @@
 package export
 
 import (
-	"encoding/csv"
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -16,6 +16,62 @@ type table struct {
 	name   string
 	header []string
 	rows   [][]string
+	// body holds further rows already encoded (written after rows), for the large tables
+	// that are built in order with a rowBuf.
+	body []byte
+}
+
+// rowBuf encodes one CSV row straight into a table's body, without per-cell strings.
+type rowBuf struct {
+	t     *table
+	cells int
+}
+
+func (t *table) row() *rowBuf { return &rowBuf{t: t} }
+
+func (r *rowBuf) sep() {
+	if r.cells > 0 {
+		r.t.body = append(r.t.body, ',')
+	}
+	r.cells++
+}
+
+func (r *rowBuf) str(s string) *rowBuf {
+	r.sep()
+	if !needsQuote(s) {
+		r.t.body = append(r.t.body, s...)
+		return r
+	}
+	r.t.body = append(r.t.body, '"')
+	for k := 0; k < len(s); k++ {
+		if s[k] == '"' {
+			r.t.body = append(r.t.body, '"')
+		}
+		r.t.body = append(r.t.body, s[k])
+	}
+	r.t.body = append(r.t.body, '"')
+	return r
+}
+
+func (r *rowBuf) int(v int64) *rowBuf {
+	r.sep()
+	r.t.body = strconv.AppendInt(r.t.body, v, 10)
+	return r
+}
+
+func (r *rowBuf) fixed(v float64, prec int) *rowBuf {
+	r.sep()
+	r.t.body = strconv.AppendFloat(r.t.body, v, 'f', prec, 64)
+	return r
+}
+
+// end finishes the row; a row with the wrong number of cells is a bug.
+func (r *rowBuf) end() {
+	if r.cells != len(r.t.header) {
+		panic(fmt.Sprintf("%s: row has %d cells, header %d", r.t.name, r.cells, len(r.t.header)))
+	}
+	r.t.body = append(r.t.body, '\n')
+	r.cells = 0
 }
 
 func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
@@ -25,21 +81,60 @@ func (t *table) write(dir string) error {
 	if err != nil {
 		return err
 	}
-	w := csv.NewWriter(f)
-	w.Write(t.header)
+	w := bufio.NewWriterSize(f, 256<<10)
+	writeRow(w, t.header)
 	for _, r := range t.rows {
 		if len(r) != len(t.header) {
 			f.Close()
 			return fmt.Errorf("%s: row has %d cells, header %d", t.name, len(r), len(t.header))
 		}
-		w.Write(r)
+		writeRow(w, r)
 	}
-	w.Flush()
-	if err := w.Error(); err != nil {
+	w.Write(t.body)
+	if err := w.Flush(); err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
+}
+
+// writeRow writes one CSV record as encoding/csv does (RFC 4180, "\n" line ends): a field
+// is quoted when it holds a comma, quote, CR or LF, or starts with a space or tab.
+func writeRow(w *bufio.Writer, cells []string) {
+	for i, c := range cells {
+		if i > 0 {
+			w.WriteByte(',')
+		}
+		if !needsQuote(c) {
+			w.WriteString(c)
+			continue
+		}
+		w.WriteByte('"')
+		for k := 0; k < len(c); k++ {
+			if c[k] == '"' {
+				w.WriteByte('"')
+			}
+			w.WriteByte(c[k])
+		}
+		w.WriteByte('"')
+	}
+	w.WriteByte('\n')
+}
+
+func needsQuote(s string) bool {
+	if s == "" {
+		return false
+	}
+	if s[0] == ' ' || s[0] == '\t' || s == `\.` {
+		return true
+	}
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ',', '"', '\r', '\n':
+			return true
+		}
+	}
+	return false
 }
 
 func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }

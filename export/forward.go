@@ -204,6 +204,9 @@ type catAgg struct {
 // categories sums GPU time by category and phase ("all" included).
 func categories(s *Session) (map[string]map[string]*catAgg, []string) {
 	j := s.join()
+	if j.cats != nil {
+		return j.cats, j.catOrder
+	}
 	out := map[string]map[string]*catAgg{}
 	seen := map[string]bool{}
 	add := func(ph, cat string, d uint64) {
@@ -243,7 +246,8 @@ func categories(s *Session) (map[string]map[string]*catAgg, []string) {
 		}
 	}
 	sort.Strings(extra)
-	return out, append(cats, extra...)
+	j.cats, j.catOrder = out, append(cats, extra...)
+	return j.cats, j.catOrder
 }
 
 func categoryTable(s *Session) *table {
@@ -372,7 +376,7 @@ func (p *procIndex) busyIn(tid uint32, a, b uint64) uint64 {
 	k := sort.Search(len(l), func(x int) bool { return p.apis[l[x]].StartNS >= a })
 	var iv []ival
 	for ; k < len(l) && p.apis[l[k]].StartNS <= b; k++ {
-		for _, gi := range p.gpuByCorr[p.apis[l[k]].CorrelationID] {
+		for gi := p.gpuFirst.get(p.apis[l[k]].CorrelationID); gi >= 0; gi = p.gpuNext[gi] {
 			g := &p.gpu[gi]
 			if g.end > g.start {
 				iv = append(iv, ival{g.start, g.end})
@@ -385,7 +389,11 @@ func (p *procIndex) busyIn(tid uint32, a, b uint64) uint64 {
 // launchTables joins eBPF launch events to CUPTI api records and their GPU work.
 func launchTables(s *Session) []output {
 	j := s.join()
-	t := &table{name: "launch_attribution.csv", header: []string{"timestamp_sec", "pid", "tid", "api_id", "phase", "python_function",
+	n := 0
+	for _, st := range s.Streams {
+		n += len(st.Launches)
+	}
+	t := &table{body: make([]byte, 0, 160*n), name: "launch_attribution.csv", header: []string{"timestamp_sec", "pid", "tid", "api_id", "phase", "python_function",
 		"correlation_id", "cuda_api", "gpu_kind", "gpu_name", "gpu_start_sec", "gpu_duration_us", "launch_to_gpu_us", "step_id", "bytes"}}
 	agg := &table{name: "launch_phases.csv", header: []string{"pid", "phase", "launches", "joined", "gpu_time_us", "kernels", "graphs", "copies", "memsets", "bytes"}}
 	type pk struct {
@@ -414,58 +422,63 @@ func launchTables(s *Session) []output {
 			if i := strings.IndexByte(fn, '\t'); i >= 0 {
 				fn = fn[:i]
 			}
-			cells := []string{f6(s.Sec(l.TsNS)), itoa(l.PID), itoa(l.TID), itoa(l.API), ph, fn}
+			rb := t.row()
+			rb.fixed(s.Sec(l.TsNS), 6).int(int64(l.PID)).int(int64(l.TID)).int(int64(l.API)).str(ph).str(fn)
 			p := j.procs[int(l.PID)]
 			ai := int32(-1)
 			if p != nil {
 				ai = p.apiAt(l.TID, l.TsNS)
 			}
 			if ai < 0 {
-				t.add(append(cells, "", "", "", "", "", "", "", "", itoa(l.Bytes))...)
+				rb.str("").str("").str("").str("").str("").str("").str("").str("").int(int64(l.Bytes)).end()
 				continue
 			}
 			api := &p.apis[ai]
-			gis := p.gpuByCorr[api.CorrelationID]
-			kind, name, gs, gd, lat, step := "", "", "", "", "", ""
-			if len(gis) > 0 {
-				a.joined++
-				g := &p.gpu[gis[0]]
-				kind = kindNames[g.kind]
-				if g.kind == kindKernel {
-					name = j.classes.class(g.name).short
-				} else if g.kind == kindGraph {
-					name = "graph " + strconv.Itoa(int(g.graphID))
-				}
-				var first, last uint64
-				var dur uint64
-				for _, gi := range gis {
-					x := &p.gpu[gi]
-					dur += x.dur()
-					if first == 0 || x.start < first {
-						first = x.start
-					}
-					last = max(last, x.end)
-				}
-				a.ns += dur
-				switch g.kind {
-				case kindKernel:
-					a.k++
-				case kindGraph:
-					a.g++
-				case kindMemcpy:
-					a.c++
-				case kindMemset:
-					a.m++
-				}
-				gs, gd = f6(s.Sec(first)), us(dur)
-				if first > l.TsNS {
-					lat = us(first - l.TsNS)
-				}
-				if g.step >= 0 {
-					step = itoa(p.fwd[g.step].rec.StepID)
+			rb.int(int64(api.CorrelationID)).str(apiName(api.Domain, api.Cbid))
+			first := p.gpuFirst.get(api.CorrelationID)
+			if first < 0 {
+				rb.str("").str("").str("").str("").str("").str("").int(int64(l.Bytes)).end()
+				continue
+			}
+			a.joined++
+			g := &p.gpu[first]
+			name := ""
+			if g.kind == kindKernel {
+				name = j.classes.class(g.name).short
+			} else if g.kind == kindGraph {
+				name = "graph " + strconv.Itoa(int(g.graphID))
+			}
+			var gstart, dur uint64
+			for gi := first; gi >= 0; gi = p.gpuNext[gi] {
+				x := &p.gpu[gi]
+				dur += x.dur()
+				if gstart == 0 || x.start < gstart {
+					gstart = x.start
 				}
 			}
-			t.add(append(cells, itoa(api.CorrelationID), apiName(api.Domain, api.Cbid), kind, name, gs, gd, lat, step, itoa(l.Bytes))...)
+			a.ns += dur
+			switch g.kind {
+			case kindKernel:
+				a.k++
+			case kindGraph:
+				a.g++
+			case kindMemcpy:
+				a.c++
+			case kindMemset:
+				a.m++
+			}
+			rb.str(kindNames[g.kind]).str(name).fixed(s.Sec(gstart), 6).fixed(float64(dur)/1e3, 3)
+			if gstart > l.TsNS {
+				rb.fixed(float64(gstart-l.TsNS)/1e3, 3)
+			} else {
+				rb.str("")
+			}
+			if g.step >= 0 {
+				rb.int(int64(p.fwd[g.step].rec.StepID))
+			} else {
+				rb.str("")
+			}
+			rb.int(int64(l.Bytes)).end()
 		}
 	}
 	sort.Slice(keys, func(i, k int) bool {

@@ -112,6 +112,9 @@ func (a *graphAgg) best() (descriptor, int) {
 
 func graphAggs(s *Session) (map[graphKey]*graphAgg, []*graphAgg) {
 	j := s.join()
+	if j.graphBy != nil {
+		return j.graphBy, j.graphList
+	}
 	by := map[graphKey]*graphAgg{}
 	for _, pid := range j.pids {
 		p := j.procs[pid]
@@ -152,6 +155,7 @@ func graphAggs(s *Session) (map[graphKey]*graphAgg, []*graphAgg) {
 		}
 		return aggs[i].key.graph < aggs[k].key.graph
 	})
+	j.graphBy, j.graphList = by, aggs
 	return by, aggs
 }
 

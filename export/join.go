@@ -130,10 +130,11 @@ type fwdStep struct {
 type procIndex struct {
 	pid       int
 	apis      []record.API
-	apiByCorr map[uint32]int32
+	apiByCorr corrIndex
 	byTid     map[uint32][]int32 // api indices sorted by start
 	gpu       []gpuItem
-	gpuByCorr map[uint32][]int32
+	gpuFirst  corrIndex                           // first GPU item of a correlation id
+	gpuNext   []int32                             // next GPU item with the same correlation id, -1 at the end
 	dispatch  map[uint32][]record.PyGraphDispatch // by tid, sorted by ts
 	fwd       []fwdStep                           // sorted by start
 	fwdByTid  map[uint32][]int32
@@ -150,6 +151,12 @@ type join struct {
 	// names of eBPF phases and code objects
 	phaseName map[[2]int]string // (pid or 0, phase) -> name
 	codeName  map[codeKey]string
+
+	// memoized aggregates (the report and the files share them)
+	cats      map[string]map[string]*catAgg
+	catOrder  []string
+	graphBy   map[graphKey]*graphAgg
+	graphList []*graphAgg
 }
 
 type codeKey struct {
@@ -166,7 +173,7 @@ func (s *Session) join() *join {
 	proc := func(pid int) *procIndex {
 		p := j.procs[pid]
 		if p == nil {
-			p = &procIndex{pid: pid, apiByCorr: map[uint32]int32{}, byTid: map[uint32][]int32{}, gpuByCorr: map[uint32][]int32{},
+			p = &procIndex{pid: pid, byTid: map[uint32][]int32{},
 				dispatch: map[uint32][]record.PyGraphDispatch{}, fwdByTid: map[uint32][]int32{}}
 			j.procs[pid] = p
 			j.pids = append(j.pids, pid)
@@ -179,12 +186,7 @@ func (s *Session) join() *join {
 			continue
 		}
 		p := proc(pid)
-		base := int32(len(p.apis))
 		p.apis = append(p.apis, st.APIs...)
-		for i := range st.APIs {
-			a := &st.APIs[i]
-			p.apiByCorr[a.CorrelationID] = base + int32(i)
-		}
 		if p.gpu == nil {
 			p.gpu = make([]gpuItem, 0, len(st.Kernels)+len(st.Graphs)+len(st.Memcpys)+len(st.Memsets))
 		}
@@ -245,20 +247,32 @@ func indexByte(s string, c byte) int {
 }
 
 func (j *join) index(p *procIndex) {
+	lo, hi := ^uint32(0), uint32(0)
 	for i := range p.apis {
-		t := p.apis[i].TID
-		p.byTid[t] = append(p.byTid[t], int32(i))
+		lo, hi = min(lo, p.apis[i].CorrelationID), max(hi, p.apis[i].CorrelationID)
+	}
+	for i := range p.gpu {
+		lo, hi = min(lo, p.gpu[i].corr), max(hi, p.gpu[i].corr)
+	}
+	p.apiByCorr = newCorrIndex(lo, hi, len(p.apis)+len(p.gpu))
+	p.gpuFirst = newCorrIndex(lo, hi, len(p.apis)+len(p.gpu))
+	for i := range p.apis {
+		a := &p.apis[i]
+		p.apiByCorr.set(a.CorrelationID, int32(i))
+		p.byTid[a.TID] = append(p.byTid[a.TID], int32(i))
 	}
 	for _, l := range p.byTid {
 		sort.Slice(l, func(a, b int) bool { return p.apis[l[a]].StartNS < p.apis[l[b]].StartNS })
 	}
-	for i := range p.gpu {
+	p.gpuNext = make([]int32, len(p.gpu))
+	for i := len(p.gpu) - 1; i >= 0; i-- {
 		g := &p.gpu[i]
 		g.step, g.api = -1, -1
-		if a, ok := p.apiByCorr[g.corr]; ok && g.corr != 0 {
+		if a := p.apiByCorr.get(g.corr); a >= 0 && g.corr != 0 {
 			g.api = a
 		}
-		p.gpuByCorr[g.corr] = append(p.gpuByCorr[g.corr], int32(i))
+		p.gpuNext[i] = p.gpuFirst.get(g.corr)
+		p.gpuFirst.set(g.corr, int32(i))
 	}
 	for _, l := range p.dispatch {
 		sort.SliceStable(l, func(a, b int) bool { return l[a].TsNS < l[b].TsNS })
@@ -276,7 +290,7 @@ func (j *join) index(p *procIndex) {
 		k := sort.Search(len(l), func(x int) bool { return p.apis[l[x]].StartNS >= f.rec.StartNS })
 		iv = iv[:0]
 		for ; k < len(l) && p.apis[l[k]].StartNS <= f.rec.EndNS; k++ {
-			for _, gi := range p.gpuByCorr[p.apis[l[k]].CorrelationID] {
+			for gi := p.gpuFirst.get(p.apis[l[k]].CorrelationID); gi >= 0; gi = p.gpuNext[gi] {
 				g := &p.gpu[gi]
 				if g.step >= 0 {
 					continue
@@ -360,7 +374,7 @@ func (p *procIndex) apiAt(tid uint32, t uint64) int32 {
 		if a.EndNS < t {
 			continue
 		}
-		if len(p.gpuByCorr[a.CorrelationID]) > 0 {
+		if p.gpuFirst.get(a.CorrelationID) >= 0 {
 			return l[k]
 		}
 		if best < 0 {
@@ -389,4 +403,47 @@ func unionLen(iv []ival) uint64 {
 		}
 	}
 	return tot + ce - cs
+}
+
+// corrIndex maps correlation ids to indices: a dense slice when the ids are dense (CUPTI
+// numbers them consecutively per process), else a map. Missing keys read as -1.
+type corrIndex struct {
+	base  uint32
+	dense []int32
+	m     map[uint32]int32
+}
+
+func newCorrIndex(lo, hi uint32, n int) corrIndex {
+	if hi >= lo && uint64(hi-lo) < 4*uint64(n)+4096 {
+		d := make([]int32, int(hi-lo)+1)
+		for i := range d {
+			d[i] = -1
+		}
+		return corrIndex{base: lo, dense: d}
+	}
+	return corrIndex{m: map[uint32]int32{}}
+}
+
+func (c *corrIndex) get(k uint32) int32 {
+	if c.dense != nil {
+		if k < c.base || k-c.base >= uint32(len(c.dense)) {
+			return -1
+		}
+		return c.dense[k-c.base]
+	}
+	if v, ok := c.m[k]; ok {
+		return v
+	}
+	return -1
+}
+
+func (c *corrIndex) set(k uint32, v int32) {
+	if c.dense != nil {
+		c.dense[k-c.base] = v
+		return
+	}
+	if c.m == nil {
+		c.m = map[uint32]int32{}
+	}
+	c.m[k] = v
 }

@@ -2,10 +2,10 @@ package export
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -105,7 +105,7 @@ func Load(path string) (*Session, error) {
 				s.Warnings = append(s.Warnings, "metadata.json unreadable: "+err.Error())
 			}
 		case strings.HasPrefix(m.Name, "raw/") && strings.HasSuffix(m.Name, ".pmr"):
-			s.addStream(m.Name, bytes.NewReader(m.Data))
+			s.addStream(m.Name, m.Data)
 		}
 	}
 	s.finish()
@@ -127,40 +127,81 @@ func loadDir(dir string) (*Session, error) {
 	}
 	sort.Strings(files)
 	for _, f := range files {
-		fh, err := os.Open(f)
+		data, err := os.ReadFile(f)
 		if err != nil {
 			s.Warnings = append(s.Warnings, err.Error())
 			continue
 		}
-		s.addStream("raw/"+filepath.Base(f), fh)
-		fh.Close()
+		s.addStream("raw/"+filepath.Base(f), data)
 	}
 	s.finish()
 	return s, nil
 }
 
-func (s *Session) addStream(name string, r io.Reader) {
-	rr, err := record.NewRawReader(r)
+func (s *Session) addStream(name string, data []byte) {
+	br := bytes.NewReader(data)
+	rr, err := record.NewRawReader(br)
 	if err != nil {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v", name, err))
 		return
 	}
 	st := &Stream{File: name, Meta: rr.Meta, Names: map[uint32]string{}, Other: map[record.Type][][]byte{}}
-	for {
-		rec, err := rr.Next()
-		if err == io.EOF {
+	off := int(rr.Offset())
+	// First pass: validate framing and count records per type, so that every slice is
+	// allocated once at its final size.
+	var counts [256]int
+	end := off
+	var ferr error
+	for end < len(data) {
+		if len(data)-end < record.HeaderSize {
+			ferr = fmt.Errorf("%w: truncated header at offset %d (%d bytes)", record.ErrCorrupt, end, len(data)-end)
 			break
 		}
-		if err != nil {
-			s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v (records before it are kept)", name, err))
+		t := binary.LittleEndian.Uint16(data[end:])
+		size := int(binary.LittleEndian.Uint32(data[end+4:]))
+		if size < record.HeaderSize || size%8 != 0 {
+			ferr = fmt.Errorf("%w: record at offset %d has size %d", record.ErrCorrupt, end, size)
 			break
 		}
-		st.Events++
-		if err := st.decode(rec); err != nil {
-			s.Warnings = append(s.Warnings, fmt.Sprintf("%s at offset %d: %v", name, rr.Offset()-int64(len(rec)), err))
+		if size > len(data)-end {
+			ferr = fmt.Errorf("%w: record at offset %d truncated", record.ErrCorrupt, end)
+			break
 		}
+		counts[t&0xff]++
+		end += size
+	}
+	st.presize(&counts)
+	for off < end {
+		size := int(binary.LittleEndian.Uint32(data[off+4:]))
+		rec := data[off : off+size]
+		if record.TypeOf(rec) != record.TypePad {
+			st.Events++
+			if err := st.decode(rec); err != nil {
+				s.Warnings = append(s.Warnings, fmt.Sprintf("%s at offset %d: %v", name, off, err))
+			}
+		}
+		off += size
+	}
+	if ferr != nil {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%s: %v (records before it are kept)", name, ferr))
 	}
 	s.Streams = append(s.Streams, st)
+}
+
+// presize allocates the slices of the frequent record types (counts by low type byte).
+func (st *Stream) presize(c *[256]int) {
+	st.Kernels = make([]record.Kernel, 0, c[record.TypeKernel])
+	st.Graphs = make([]record.GraphTrace, 0, c[record.TypeGraphTrace])
+	st.Memcpys = make([]record.Memcpy, 0, c[record.TypeMemcpy])
+	st.Memsets = make([]record.Memset, 0, c[record.TypeMemset])
+	st.APIs = make([]record.API, 0, c[record.TypeAPI])
+	st.Syncs = make([]record.Sync, 0, c[record.TypeSync])
+	st.Launches = make([]record.EbpfLaunch, 0, c[record.TypeEbpfLaunch&0xff])
+	st.Forwards = make([]record.PyForward, 0, c[record.TypePyForward])
+	st.Dispatches = make([]record.PyGraphDispatch, 0, c[record.TypePyGraphDispatch])
+	st.CPUScopes = make([]record.PyCPUScope, 0, c[record.TypePyCPUScope])
+	st.SchedSteps = make([]record.PySchedStep, 0, c[record.TypePySchedStep])
+	st.KVBlocks = make([]record.PyKVBlocks, 0, c[record.TypePyKVBlocks])
 }
 
 func (st *Stream) decode(rec []byte) error {

@@ -318,7 +318,7 @@ func cpuTables(s *Session) []output {
 				by["gpu_sync_wait"] = append(by["gpu_sync_wait"], float64(d)/1e3)
 				tid := ""
 				if p := s.join().procs[st.Meta.Pid]; p != nil {
-					if a, ok := p.apiByCorr[x.CorrelationID]; ok {
+					if a := p.apiByCorr.get(x.CorrelationID); a >= 0 {
 						tid = itoa(p.apis[a].TID)
 					}
 				}

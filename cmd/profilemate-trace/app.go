@@ -170,6 +170,9 @@ func findBeside(explicit string, candidates ...string) string {
 }
 
 func summarize(res *capture.Result) {
+	for _, w := range res.Warnings {
+		fmt.Fprintln(os.Stderr, "profilemate-trace: warning:", w)
+	}
 	var recs uint64
 	for _, s := range res.Streams {
 		recs += s.Records
@@ -191,9 +194,12 @@ func exportCommand() *cli.Command {
 		ArgsUsage: "BUNDLE|SESSION_DIR",
 		Description: `Reads the raw streams and metadata.json of a bundle (.tar.zst) or a session directory and
 writes a complete session directory: metadata.json, raw/ and every derived CSV/JSON file.
-The output is built under a temporary name and renamed when complete.`,
+The output is built under a temporary name and renamed when complete.
+With --format perfetto it writes a Perfetto/Chrome JSON trace instead (-o names the file).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "output directory (must not exist, or be empty); default: the bundle's session name in the current directory"},
+			&cli.StringFlag{Name: "format", Value: "csv", Usage: "csv (the session directory) or perfetto (a JSON trace for ui.perfetto.dev)"},
+			kernelClassesFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -202,6 +208,19 @@ The output is built under a temporary name and renamed when complete.`,
 			}
 			src := c.Args().First()
 			out := c.String("output")
+			switch c.String("format") {
+			case "csv":
+			case "perfetto":
+				return exportPerfetto(c, src, out)
+			default:
+				return &capture.Error{Code: exitUsage, Err: fmt.Errorf("--format %q: want csv or perfetto", c.String("format"))}
+			}
+			if p := c.String("kernel-classes"); p != "" {
+				if _, err := export.LoadKernelRules(p); err != nil {
+					return &capture.Error{Code: exitUsage, Err: err}
+				}
+				os.Setenv(export.KernelRulesEnv, p)
+			}
 			if out == "" {
 				base := filepath.Base(src)
 				for _, suf := range []string{export.BundleSuffix} {
