@@ -68,7 +68,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "verbose", EnvVars: []string{"VLLM_PROFILING_VERBOSE"}, Usage: "log progress and details to stderr"},
 		},
-		Commands:       []*cli.Command{runCommand(), exportCommand(), daemonCommand(), captureCommand(), capturesCommand()},
+		Commands:       []*cli.Command{runCommand(), exportCommand(), daemonCommand(), captureCommand(), capturesCommand(), reportCommand()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 }
