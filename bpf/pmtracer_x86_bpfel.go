@@ -97,31 +97,36 @@ type pmTracerPmTstateKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	pmTracerMapPmCodes            = "pm_codes"
-	pmTracerMapPmCounters         = "pm_counters"
-	pmTracerMapPmDrops            = "pm_drops"
-	pmTracerMapPmEvents           = "pm_events"
-	pmTracerMapPmPids             = "pm_pids"
-	pmTracerMapPmPyconfs          = "pm_pyconfs"
-	pmTracerMapPmSyncPending      = "pm_sync_pending"
-	pmTracerMapPmTstateMissed     = "pm_tstate_missed"
-	pmTracerMapPmTstates          = "pm_tstates"
-	pmTracerProgPmCudaEntry       = "pm_cuda_entry"
-	pmTracerProgPmCudaEntryMulti  = "pm_cuda_entry_multi"
-	pmTracerProgPmCudaReturn      = "pm_cuda_return"
-	pmTracerProgPmCudaReturnMulti = "pm_cuda_return_multi"
-	pmTracerProgPmExec            = "pm_exec"
-	pmTracerProgPmExit            = "pm_exit"
-	pmTracerProgPmFork            = "pm_fork"
-	pmTracerVarPmEmitLaunches     = "pm_emit_launches"
-	pmTracerVarPmMaxDepth         = "pm_max_depth"
-	pmTracerVarPmWakeupBytes      = "pm_wakeup_bytes"
-	pmTracerVarUnusedCodeKey      = "unused_code_key"
-	pmTracerVarUnusedCodeVal      = "unused_code_val"
-	pmTracerVarUnusedCounterKey   = "unused_counter_key"
-	pmTracerVarUnusedCounterVal   = "unused_counter_val"
-	pmTracerVarUnusedPyconf       = "unused_pyconf"
-	pmTracerVarUnusedTstateKey    = "unused_tstate_key"
+	pmTracerMapPmCodes             = "pm_codes"
+	pmTracerMapPmCounters          = "pm_counters"
+	pmTracerMapPmDrops             = "pm_drops"
+	pmTracerMapPmEvents            = "pm_events"
+	pmTracerMapPmPids              = "pm_pids"
+	pmTracerMapPmPyconfs           = "pm_pyconfs"
+	pmTracerMapPmSyncPending       = "pm_sync_pending"
+	pmTracerMapPmTstateMissed      = "pm_tstate_missed"
+	pmTracerMapPmTstates           = "pm_tstates"
+	pmTracerProgPmCudaEntry        = "pm_cuda_entry"
+	pmTracerProgPmCudaEntryMulti   = "pm_cuda_entry_multi"
+	pmTracerProgPmCudaReturn       = "pm_cuda_return"
+	pmTracerProgPmCudaReturnMulti  = "pm_cuda_return_multi"
+	pmTracerProgPmExec             = "pm_exec"
+	pmTracerProgPmExit             = "pm_exit"
+	pmTracerProgPmFork             = "pm_fork"
+	pmTracerVarPmEmitLaunches      = "pm_emit_launches"
+	pmTracerVarPmMaxDepth          = "pm_max_depth"
+	pmTracerVarPmWakeupBytes       = "pm_wakeup_bytes"
+	pmTracerVarUnusedCodeKey       = "unused_code_key"
+	pmTracerVarUnusedCodeVal       = "unused_code_val"
+	pmTracerVarUnusedCounterKey    = "unused_counter_key"
+	pmTracerVarUnusedCounterVal    = "unused_counter_val"
+	pmTracerVarUnusedPyconf        = "unused_pyconf"
+	pmTracerVarUnusedRecCodeSeen   = "unused_rec_code_seen"
+	pmTracerVarUnusedRecLaunch     = "unused_rec_launch"
+	pmTracerVarUnusedRecProc       = "unused_rec_proc"
+	pmTracerVarUnusedRecSync       = "unused_rec_sync"
+	pmTracerVarUnusedRecTstateMiss = "unused_rec_tstate_miss"
+	pmTracerVarUnusedTstateKey     = "unused_tstate_key"
 )
 
 // loadPmTracer returns the embedded CollectionSpec for pmTracer.
@@ -194,15 +199,20 @@ type pmTracerMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pmTracerVariableSpecs struct {
-	PmEmitLaunches   *ebpf.VariableSpec `ebpf:"pm_emit_launches"`
-	PmMaxDepth       *ebpf.VariableSpec `ebpf:"pm_max_depth"`
-	PmWakeupBytes    *ebpf.VariableSpec `ebpf:"pm_wakeup_bytes"`
-	UnusedCodeKey    *ebpf.VariableSpec `ebpf:"unused_code_key"`
-	UnusedCodeVal    *ebpf.VariableSpec `ebpf:"unused_code_val"`
-	UnusedCounterKey *ebpf.VariableSpec `ebpf:"unused_counter_key"`
-	UnusedCounterVal *ebpf.VariableSpec `ebpf:"unused_counter_val"`
-	UnusedPyconf     *ebpf.VariableSpec `ebpf:"unused_pyconf"`
-	UnusedTstateKey  *ebpf.VariableSpec `ebpf:"unused_tstate_key"`
+	PmEmitLaunches      *ebpf.VariableSpec `ebpf:"pm_emit_launches"`
+	PmMaxDepth          *ebpf.VariableSpec `ebpf:"pm_max_depth"`
+	PmWakeupBytes       *ebpf.VariableSpec `ebpf:"pm_wakeup_bytes"`
+	UnusedCodeKey       *ebpf.VariableSpec `ebpf:"unused_code_key"`
+	UnusedCodeVal       *ebpf.VariableSpec `ebpf:"unused_code_val"`
+	UnusedCounterKey    *ebpf.VariableSpec `ebpf:"unused_counter_key"`
+	UnusedCounterVal    *ebpf.VariableSpec `ebpf:"unused_counter_val"`
+	UnusedPyconf        *ebpf.VariableSpec `ebpf:"unused_pyconf"`
+	UnusedRecCodeSeen   *ebpf.VariableSpec `ebpf:"unused_rec_code_seen"`
+	UnusedRecLaunch     *ebpf.VariableSpec `ebpf:"unused_rec_launch"`
+	UnusedRecProc       *ebpf.VariableSpec `ebpf:"unused_rec_proc"`
+	UnusedRecSync       *ebpf.VariableSpec `ebpf:"unused_rec_sync"`
+	UnusedRecTstateMiss *ebpf.VariableSpec `ebpf:"unused_rec_tstate_miss"`
+	UnusedTstateKey     *ebpf.VariableSpec `ebpf:"unused_tstate_key"`
 }
 
 // pmTracerObjects contains all objects after they have been loaded into the kernel.
@@ -254,15 +264,20 @@ func (m *pmTracerMaps) Close() error {
 //
 // It can be passed to loadPmTracerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pmTracerVariables struct {
-	PmEmitLaunches   *ebpf.Variable `ebpf:"pm_emit_launches"`
-	PmMaxDepth       *ebpf.Variable `ebpf:"pm_max_depth"`
-	PmWakeupBytes    *ebpf.Variable `ebpf:"pm_wakeup_bytes"`
-	UnusedCodeKey    *ebpf.Variable `ebpf:"unused_code_key"`
-	UnusedCodeVal    *ebpf.Variable `ebpf:"unused_code_val"`
-	UnusedCounterKey *ebpf.Variable `ebpf:"unused_counter_key"`
-	UnusedCounterVal *ebpf.Variable `ebpf:"unused_counter_val"`
-	UnusedPyconf     *ebpf.Variable `ebpf:"unused_pyconf"`
-	UnusedTstateKey  *ebpf.Variable `ebpf:"unused_tstate_key"`
+	PmEmitLaunches      *ebpf.Variable `ebpf:"pm_emit_launches"`
+	PmMaxDepth          *ebpf.Variable `ebpf:"pm_max_depth"`
+	PmWakeupBytes       *ebpf.Variable `ebpf:"pm_wakeup_bytes"`
+	UnusedCodeKey       *ebpf.Variable `ebpf:"unused_code_key"`
+	UnusedCodeVal       *ebpf.Variable `ebpf:"unused_code_val"`
+	UnusedCounterKey    *ebpf.Variable `ebpf:"unused_counter_key"`
+	UnusedCounterVal    *ebpf.Variable `ebpf:"unused_counter_val"`
+	UnusedPyconf        *ebpf.Variable `ebpf:"unused_pyconf"`
+	UnusedRecCodeSeen   *ebpf.Variable `ebpf:"unused_rec_code_seen"`
+	UnusedRecLaunch     *ebpf.Variable `ebpf:"unused_rec_launch"`
+	UnusedRecProc       *ebpf.Variable `ebpf:"unused_rec_proc"`
+	UnusedRecSync       *ebpf.Variable `ebpf:"unused_rec_sync"`
+	UnusedRecTstateMiss *ebpf.Variable `ebpf:"unused_rec_tstate_miss"`
+	UnusedTstateKey     *ebpf.Variable `ebpf:"unused_tstate_key"`
 }
 
 // pmTracerPrograms contains all programs after they have been loaded into the kernel.

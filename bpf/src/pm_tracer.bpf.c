@@ -186,6 +186,12 @@ const struct pm_code_val *unused_code_val __attribute__((unused));
 const struct pm_tstate_key *unused_tstate_key __attribute__((unused));
 const struct pm_counter_key *unused_counter_key __attribute__((unused));
 const struct pm_counter_val *unused_counter_val __attribute__((unused));
+// Keep the record layouts in the object's BTF (tracer/spec_test.go checks them against internal/record).
+const struct pm_rec_ebpf_launch *unused_rec_launch __attribute__((unused));
+const struct pm_rec_ebpf_sync *unused_rec_sync __attribute__((unused));
+const struct pm_rec_ebpf_code_seen *unused_rec_code_seen __attribute__((unused));
+const struct pm_rec_ebpf_tstate_miss *unused_rec_tstate_miss __attribute__((unused));
+const struct pm_rec_ebpf_proc *unused_rec_proc __attribute__((unused));
 
 static __always_inline void pm_drop(__u32 reason)
 {

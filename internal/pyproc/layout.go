@@ -54,9 +54,9 @@ const None = ^uint64(0)
 // ErrUnsupportedVersion reports a CPython version the tracer has no layout for.
 var ErrUnsupportedVersion = errors.New("unsupported CPython version")
 
-// tableLayout returns the hard-coded layout for 3.10-3.12 (x86-64, default build), measured on
+// TableLayout returns the hard-coded layout for 3.10-3.12 (x86-64, default build), measured on
 // pyenv 3.10.13, 3.11.7, 3.12.1 and Debian 3.11.2 (see docs/notes-ebpf.md); validated at attach.
-func tableLayout(minor int) (Layout, error) {
+func TableLayout(minor int) (Layout, error) {
 	base := Layout{Minor: minor, TstateNext: 8, TstateInterp: 16, UnicodeLength: 16, UnicodeState: 32,
 		ExecutableMask: ^uint64(0)}
 	switch minor {

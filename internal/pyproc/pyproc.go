@@ -173,7 +173,7 @@ func Open(pid int) (*Process, error) {
 		}
 		p.Layout, p.Version, p.Minor = l, v, l.Minor
 	} else {
-		l, err := tableLayout(p.Minor)
+		l, err := TableLayout(p.Minor)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("pid %d (%s): %w", pid, p.Path, err)
