@@ -910,3 +910,29 @@ func TestKernelSampling(t *testing.T) {
 		t.Errorf("graph replays %d, graph launch calls %d: graph trace must stay complete", len(c.graphs), launches)
 	}
 }
+
+// TestHijackDetected: a second client that ignores the failed subscribe and
+// registers its own buffer callbacks (Kineto with KINETO_USE_DAEMON=1) is seen
+// through the preloaded export; the agent goes passive and says so; the call
+// still reaches libcupti.
+func TestHijackDetected(t *testing.T) {
+	p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_FLUSH_MS=50"), "hijack")
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("REGISTER 0", 5*time.Second)
+	p.waitLine("READY", 5*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	if st := r.Header().ProducerState; st != ring.StatePassive {
+		t.Errorf("state %d", st)
+	}
+	found := false
+	for _, l := range c.logs {
+		found = found || strings.HasPrefix(l, "cupti_hijacked:")
+	}
+	if !found || len(c.kernels) != 4 {
+		t.Errorf("logs %q, kernels %d (want the 4 before the hijack)", c.logs, len(c.kernels))
+	}
+}

@@ -50,6 +50,7 @@ func TestAgentUnderSanitizers(t *testing.T) {
 		{"forkafter", "forkafter", []string{"PROFILEMATE_START=graph"}, nil},
 		{"forkbefore", "forkbefore", []string{"PROFILEMATE_START=graph"}, nil},
 		{"busy", "busy", []string{"PROFILEMATE_START=graph"}, nil},
+		{"hijack", "hijack", []string{"PROFILEMATE_START=graph"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := start(t, baseEnv(false, append(append([]string{}, common...), tc.env...)...), tc.scenario, tc.args...)

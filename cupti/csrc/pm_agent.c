@@ -276,6 +276,7 @@ static struct {
 	int api_on;
 	int orphaned;
 	int yielded;
+	int hijacked;           /* another client replaced our buffer callbacks */
 	int sample_on;          /* kernel sampling: CONCURRENT_KERNEL enabled in this window */
 	uint64_t sample_tick;
 	/* names (agent thread only) */
@@ -1046,7 +1047,7 @@ static void do_yield(void)
 	if (G.Unsubscribe && G.subscriber)
 		G.Unsubscribe(G.subscriber);
 	G.subscriber = NULL;
-	G.running = 0;
+	__atomic_store_n(&G.running, 0, __ATOMIC_RELEASE);
 	G.passive = 1;
 	G.yielded = 1;
 	emit_control_change(PM_REASON_YIELD);
@@ -1078,7 +1079,7 @@ static int do_rearm(void)
 		(void)G.SetThreadIdType(PM_THREAD_ID_TYPE_SYSTEM);
 	G.kinds_on = 0;
 	G.api_on = 0;
-	G.running = 1;
+	__atomic_store_n(&G.running, 1, __ATOMIC_RELEASE);
 	G.passive = 0;
 	G.yielded = 0;
 	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_RUNNING, __ATOMIC_RELEASE);
@@ -1088,9 +1089,26 @@ static int do_rearm(void)
 
 /* ------------------------------------------------------------------ agent thread */
 
+static void handle_hijack(void)
+{
+	if (!__atomic_load_n(&G.hijacked, __ATOMIC_ACQUIRE) || !G.running)
+		return;
+	/* Our callbacks are gone: buffers now go to the other client. Make no further
+	 * CUPTI call (disabling kinds would break the other client too). */
+	__atomic_store_n(&G.running, 0, __ATOMIC_RELEASE);
+	G.passive = 1;
+	G.enabled = 0;
+	G.kinds_on = 0;
+	drain_completed();
+	emit_log(PM_LOG_WARN, "cupti_hijacked: another CUPTI client registered activity callbacks while the agent "
+			      "held CUPTI (KINETO_USE_DAEMON?); passive from now on");
+	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_PASSIVE, __ATOMIC_RELEASE);
+}
+
 static void poll_control(void)
 {
 	struct pm_ring_hdr *h = G.ring.hdr;
+	handle_hijack();
 	uint32_t seq = __atomic_load_n(&h->control_seq, __ATOMIC_ACQUIRE);
 	if (seq != G.applied_seq) {
 		uint32_t en = __atomic_load_n(&h->control_enable, __ATOMIC_RELAXED);
@@ -1533,7 +1551,7 @@ static void pm_init(void)
 		go_failed(why);
 		return;
 	}
-	G.running = 1;
+	__atomic_store_n(&G.running, 1, __ATOMIC_RELEASE);
 	G.agent_flags |= PM_AF_ARMED;
 	G.ring.hdr->producer_flags = PM_PFLAG_ARMED_AT_INIT;
 	emit_process_info();
@@ -1589,6 +1607,43 @@ PM_EXPORT int InitializeInjectionNvtx2(void *getExportTable)
 		r = fwd(getExportTable);
 	dlclose(h);
 	return r;
+}
+
+/* Hijack detection (cupti-notes §4.4). Subscription is only an advisory lock: a client
+ * that ignores a failed cuptiSubscribe (Kineto with KINETO_USE_DAEMON=1) can still
+ * register its own buffer callbacks, and then both sides lose data. When the agent is
+ * LD_PRELOADed, this export interposes such a call (the global scope is searched before
+ * a framework's local libcupti). It always forwards to the real function; if the agent
+ * holds CUPTI at that moment, the agent goes passive and says so. The agent's own
+ * registrations go straight to libcupti and never pass here. */
+PM_EXPORT pm_CUptiResult cuptiActivityRegisterCallbacks(pm_buf_request_fn req, pm_buf_complete_fn comp)
+{
+	pm_CUptiResult (*real)(pm_buf_request_fn, pm_buf_complete_fn) = NULL;
+	void *h = G.lib;
+	int close_h = 0;
+	if (!h) {
+		struct find_ctx f = {{0}};
+		if (dl_iterate_phdr(find_cupti_cb, &f) && f.path[0]) {
+			h = dlopen(f.path, RTLD_NOW | RTLD_NOLOAD);
+			close_h = h != NULL;
+		}
+	}
+	if (h)
+		*(void **)(&real) = dlsym(h, "cuptiActivityRegisterCallbacks");
+	if (!real || (void *)real == (void *)&cuptiActivityRegisterCallbacks) {
+		if (close_h)
+			dlclose(h);
+		return PM_CUPTI_ERROR_NOT_INITIALIZED;
+	}
+	if (!G.poisoned && G.pid == getpid() && __atomic_load_n(&G.running, __ATOMIC_ACQUIRE) &&
+	    req != pm_buffer_requested) {
+		__atomic_store_n(&G.hijacked, 1, __ATOMIC_RELEASE);
+		pm_dbg("another CUPTI client registers activity callbacks while we hold CUPTI");
+	}
+	pm_CUptiResult st = real(req, comp);
+	if (close_h)
+		dlclose(h);
+	return st;
 }
 
 /* LD_PRELOAD constructor: only arm the injection variables; no CUDA, no thread. */

@@ -211,6 +211,18 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+static uint8_t hj_buf[1 << 16] __attribute__((aligned(8)));
+static void hj_req(uint8_t **b, size_t *sz, size_t *max)
+{
+	*b = hj_buf;
+	*sz = sizeof hj_buf;
+	*max = 0;
+}
+static void hj_comp(void *ctx, uint32_t stream, uint8_t *b, size_t sz, size_t valid)
+{
+	(void)ctx, (void)stream, (void)b, (void)sz, (void)valid;
+}
+
 static volatile sig_atomic_t got_term;
 static void on_term(int s)
 {
@@ -327,6 +339,18 @@ int main(int argc, char **argv)
 		printf("SUBSCRIBE %d\n", sub(&h, NULL, NULL, &p));
 		setup();
 		basic_workload();
+		wait_quit();
+		return 0;
+	}
+	if (!strcmp(sc, "hijack")) { /* a client that ignores subscribe failure registers its callbacks */
+		setup();
+		small_workload(4);
+		usleep(400 * 1000);
+		int (*reg)(void (*)(uint8_t **, size_t *, size_t *), void (*)(void *, uint32_t, uint8_t *, size_t, size_t)) =
+			NULL;
+		*(void **)(&reg) = dlsym(RTLD_DEFAULT, "cuptiActivityRegisterCallbacks");
+		printf("REGISTER %d\n", reg ? reg(hj_req, hj_comp) : -1);
+		small_workload(6);
 		wait_quit();
 		return 0;
 	}
