@@ -197,7 +197,7 @@ func (r *reporter) hbars(bars []bar, unit string, refLine float64, refLabel stri
 	if len(bars) == 0 {
 		return
 	}
-	const lw, bw, rowH = 230, 560, 22
+	const lw, bw, rowH, rm = 300, 480, 22, 300
 	max := refLine
 	for _, b := range bars {
 		max = math.Max(max, b.value)
@@ -206,7 +206,7 @@ func (r *reporter) hbars(bars []bar, unit string, refLine float64, refLabel stri
 		max = 1
 	}
 	h := rowH*len(bars) + 24
-	r.w(`<svg viewBox="0 0 %d %d" width="%d" height="%d" role="img">`, lw+bw+110, h, lw+bw+110, h)
+	r.w(`<svg viewBox="0 0 %d %d" width="%d" height="%d" role="img">`, lw+bw+rm, h, lw+bw+rm, h)
 	for i, b := range bars {
 		y := 4 + i*rowH
 		v := b.value
@@ -214,7 +214,7 @@ func (r *reporter) hbars(bars []bar, unit string, refLine float64, refLabel stri
 			v = max
 		}
 		width := bw * v / max
-		r.w(`<text x="%d" y="%d" font-size="12" text-anchor="end">%s</text>`, lw-6, y+14, esc(trunc(b.label, 38)))
+		r.w(`<text x="%d" y="%d" font-size="12" text-anchor="end">%s</text>`, lw-6, y+14, esc(trunc(b.label, 48)))
 		r.w(`<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"><title>%s: %s %s</title></rect>`, lw, y+2, width, rowH-6, b.color, esc(b.label), fmtNum(b.value), esc(unit))
 		txt := fmtNum(b.value) + " " + unit
 		if b.note != "" {
@@ -238,6 +238,8 @@ func trunc(s string, n int) string {
 
 func fmtNum(v float64) string {
 	switch {
+	case v == math.Trunc(v) && math.Abs(v) < 1e15:
+		return fmt.Sprintf("%.0f", v)
 	case math.IsInf(v, 1):
 		return "∞"
 	case v >= 100:
@@ -537,8 +539,8 @@ func (r *reporter) moeSection() {
 	for _, l := range layers {
 		maxE = max(maxE, len(l.counts))
 	}
-	cell := math.Max(4, math.Min(22, 800/float64(maxE)))
-	rowH := math.Max(6, math.Min(18, 500/float64(len(layers))))
+	cell := math.Max(4, math.Min(48, 800/float64(maxE)))
+	rowH := math.Max(6, math.Min(24, 500/float64(len(layers))))
 	W := 60 + cell*float64(maxE) + 10
 	H := 20 + rowH*float64(len(layers)) + 20
 	r.w(`<h3>Expert activation share per layer (heatmap; darker = more; relative to a balanced share)</h3>`)
@@ -682,7 +684,11 @@ func (r *reporter) preempt() {
 	sort.Slice(bars, func(i, k int) bool { return bars[i].value > bars[k].value })
 	r.hbars(bars, "preemptions", 0, "")
 	if total > 0 {
-		r.recs = append(r.recs, rec{"bad", fmt.Sprintf("%d preemptions (%v): requests lost computed KV and were recomputed; increase gpu_memory_utilization or lower max_num_seqs", total, reasons)})
+		var rs []string
+		for _, b := range bars {
+			rs = append(rs, fmt.Sprintf("%s: %.0f", b.label, b.value))
+		}
+		r.recs = append(r.recs, rec{"bad", fmt.Sprintf("%d preemptions (%s): requests lost computed KV and were recomputed; increase gpu_memory_utilization or lower max_num_seqs", total, strings.Join(rs, ", "))})
 	}
 	r.w(`<p class="note">Per-request timeline (arrival, scheduling, first token, finish, TTFT): request_lifecycle.csv.</p>`)
 }

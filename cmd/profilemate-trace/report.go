@@ -16,7 +16,7 @@ import (
 // kernelClassesFlag overrides the kernel classification rules (attention/ffn/moe/…).
 func kernelClassesFlag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "kernel-classes", EnvVars: []string{export.KernelRulesEnv},
-		Usage: "file of kernel classification rules tried before the built-in ones: one `CATEGORY REGEXP` per line (# comments)"}
+		Usage: "file of kernel classification rules tried before the built-in ones: one 'CATEGORY REGEXP' per line, # comments"}
 }
 
 // loadSession reads a bundle or session directory and applies --kernel-classes.
