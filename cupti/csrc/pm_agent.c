@@ -53,6 +53,7 @@ struct pm_config {
 	uint32_t flush_ms;     /* PROFILEMATE_FLUSH_MS */
 	uint64_t orphan_ns;    /* PROFILEMATE_ORPHAN_TIMEOUT (s; 0 = never) */
 	uint32_t exit_flush_ms;/* PROFILEMATE_EXIT_FLUSH_MS */
+	uint64_t dev_buf_bytes;/* PROFILEMATE_DEVICE_BUFFER_KB (0: CUPTI's default, 3.2 MB) */
 	int yield;             /* PROFILEMATE_YIELD */
 	int nvtx;              /* PROFILEMATE_NVTX */
 	int api;               /* PROFILEMATE_API */
@@ -97,10 +98,14 @@ static const char *const pm_known_env[] = {
 	"PROFILEMATE_START", "PROFILEMATE_MAX_MB", "PROFILEMATE_RING_KB", "PROFILEMATE_BUFFER_KB",
 	"PROFILEMATE_FLUSH_MS", "PROFILEMATE_ORPHAN_TIMEOUT", "PROFILEMATE_EXIT_FLUSH_MS",
 	"PROFILEMATE_YIELD", "PROFILEMATE_NVTX", "PROFILEMATE_API", "PROFILEMATE_ARM",
-	"PROFILEMATE_CUPTI_PATH", "PROFILEMATE_CONTROL_SOCKET", "PROFILEMATE_DEBUG", NULL,
+	"PROFILEMATE_CUPTI_PATH", "PROFILEMATE_CONTROL_SOCKET", "PROFILEMATE_DEBUG", "PROFILEMATE_DEVICE_BUFFER_KB", NULL,
 };
-/* Prefixes owned by other parts of profilemate-trace (not warned about here). */
-static const char *const pm_other_prefixes[] = {"PROFILEMATE_PYHOOK", "PROFILEMATE_TRACER", "PROFILEMATE_SESSION", NULL};
+/* Names and prefixes owned by other parts of profilemate-trace (the Python hook, the
+ * CLI and daemon flags' environment variables, tests): not warned about here. */
+static const char *const pm_other_prefixes[] = {
+	"PROFILEMATE_PYHOOK", "PROFILEMATE_TRACER", "PROFILEMATE_SESSION", "PROFILEMATE_TRACE_BIN", "PROFILEMATE_DETAIL",
+	"PROFILEMATE_AGENT", "PROFILEMATE_TOKEN", "PROFILEMATE_WINDOW", "PROFILEMATE_SCHEDULE", "PROFILEMATE_RETAIN",
+	"PROFILEMATE_METRICS", "PROFILEMATE_MAX_RUNNING", "PROFILEMATE_TEST", NULL};
 
 static int env_bool(const char *name, int def)
 {
@@ -157,6 +162,7 @@ static void pm_config_load(void)
 	C.buf_bytes = env_u64("PROFILEMATE_BUFFER_KB", 4096, 16, 65536) << 10;
 	C.flush_ms = (uint32_t)env_u64("PROFILEMATE_FLUSH_MS", 150, 10, 5000);
 	C.exit_flush_ms = (uint32_t)env_u64("PROFILEMATE_EXIT_FLUSH_MS", 300, 0, 10000);
+	C.dev_buf_bytes = env_u64("PROFILEMATE_DEVICE_BUFFER_KB", 0, 0, 1u << 20) << 10;
 	C.orphan_ns = 30ull * 1000000000ull;
 	const char *o = getenv("PROFILEMATE_ORPHAN_TIMEOUT");
 	if (o && *o) {
@@ -1512,6 +1518,12 @@ static void pm_init(void)
 		uint8_t one = 1;
 		size_t sz = sizeof one;
 		(void)G.SetAttribute(PM_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &one);
+		if (C.dev_buf_bytes) { /* device-side record buffer per context; must precede context creation */
+			size_t v = (size_t)C.dev_buf_bytes, vs = sizeof v;
+			pm_CUptiResult ast = G.SetAttribute(PM_ATTR_DEVICE_BUFFER_SIZE, &vs, &v);
+			if (ast != PM_CUPTI_SUCCESS)
+				emit_log(PM_LOG_WARN, "CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE=%zu refused (%d)", v, ast);
+		}
 	}
 	if (G.EnableDriverApi && G.EnableRuntimeApi)
 		G.agent_flags |= PM_AF_ALLOWLIST;
