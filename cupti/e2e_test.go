@@ -936,3 +936,38 @@ func TestHijackDetected(t *testing.T) {
 		t.Errorf("logs %q, kernels %d (want the 4 before the hijack)", c.logs, len(c.kernels))
 	}
 }
+
+// TestManyKernelNames: thousands of distinct names (the interning tables grow
+// several times); the same text at two addresses gets one name id; every
+// kernel's name id resolves to its own name.
+func TestManyKernelNames(t *testing.T) {
+	const n = 3000
+	p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "FAKECUDA_DUP_NAMES=1"), "manynames", fmt.Sprint(n))
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 30*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	if c.nameRecs != n || len(c.names) != n || len(c.kernels) != 2*n || !c.nameBeforeUse {
+		t.Fatalf("names %d records %d kernels %d", len(c.names), c.nameRecs, len(c.kernels))
+	}
+	ids := map[string]uint32{}
+	for i, k := range c.kernels {
+		want := fmt.Sprintf("kernel_number_%dPf", i/2)
+		if !strings.HasSuffix(c.names[k.NameID], want) {
+			t.Fatalf("kernel %d has name %q", i, c.names[k.NameID])
+		}
+		if id, ok := ids[want]; ok && id != k.NameID {
+			t.Fatalf("%s interned twice (%d, %d)", want, id, k.NameID)
+		}
+		ids[want] = k.NameID
+	}
+	if s := c.lastStats(); s.NamesInterned != n {
+		t.Errorf("names_interned %d", s.NamesInterned)
+	}
+	short, _ := Demangle(c.names[c.kernels[0].NameID])
+	if short != "kernel_number_0" {
+		t.Errorf("demangled %q", short)
+	}
+}

@@ -51,6 +51,7 @@ func TestAgentUnderSanitizers(t *testing.T) {
 		{"forkbefore", "forkbefore", []string{"PROFILEMATE_START=graph"}, nil},
 		{"busy", "busy", []string{"PROFILEMATE_START=graph"}, nil},
 		{"hijack", "hijack", []string{"PROFILEMATE_START=graph"}, nil},
+		{"manynames", "manynames", []string{"PROFILEMATE_START=graph", "FAKECUDA_DUP_NAMES=1"}, []string{"2500"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := start(t, baseEnv(false, append(append([]string{}, common...), tc.env...)...), tc.scenario, tc.args...)

@@ -354,6 +354,23 @@ int main(int argc, char **argv)
 		wait_quit();
 		return 0;
 	}
+	if (!strcmp(sc, "manynames")) { /* n distinct kernel names, each launched twice through two lookups */
+		int n = argc > 2 ? atoi(argv[2]) : 3000;
+		setup();
+		CUmodule m;
+		CHECK(cuModuleLoadData(&m, "fatbin"));
+		char name[128];
+		for (int i = 0; i < n; i++) {
+			snprintf(name, sizeof name, "_Z%dkernel_number_%dPf", 15 + (i >= 10) + (i >= 100) + (i >= 1000) + (i >= 10000), i);
+			for (int j = 0; j < 2; j++) {
+				CUfunction f;
+				CHECK(cuModuleGetFunction(&f, m, name));
+				CHECK(cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL));
+			}
+		}
+		wait_quit();
+		return 0;
+	}
 	if (!strcmp(sc, "flood")) { /* n launches as fast as possible */
 		int n = argc > 2 ? atoi(argv[2]) : 100000;
 		setup();

@@ -12,6 +12,8 @@
  * a normal frame prologue (uprobes in the eBPF tests attach to these).
  *
  * FAKECUDA_ZERO_TS_EVERY=N: every Nth kernel launch has no timestamps.
+ * FAKECUDA_DUP_NAMES=1: each cuModuleGetFunction returns a new function object whose name
+ * has the same text at a new address (CUPTI may hand out such pointers).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -163,10 +165,11 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 	if (!f || !name || strlen(name) >= sizeof(((struct fake_func *)0)->name))
 		return CUDA_ERROR_INVALID_VALUE;
 	pthread_mutex_lock(&mu);
-	struct fake_func *p;
-	for (p = funcs; p; p = p->next)
-		if (!strcmp(p->name, name))
-			break;
+	struct fake_func *p = NULL;
+	if (!getenv("FAKECUDA_DUP_NAMES")) /* set: every lookup gets its own copy (same text, new pointer) */
+		for (p = funcs; p; p = p->next)
+			if (!strcmp(p->name, name))
+				break;
 	if (!p) {
 		p = calloc(1, sizeof *p);
 		snprintf(p->name, sizeof p->name, "%s", name);
