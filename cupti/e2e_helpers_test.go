@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func needBuild(t *testing.T) {
+func needBuild(t testing.TB) {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -49,7 +49,7 @@ func needBuild(t *testing.T) {
 
 // proc is a running e2e program.
 type proc struct {
-	t     *testing.T
+	t     testing.TB
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines chan string
@@ -80,7 +80,7 @@ func baseEnv(preload bool, extra ...string) []string {
 	return append(env, extra...)
 }
 
-func startCmd(t *testing.T, env []string, name string, args ...string) *proc {
+func startCmd(t testing.TB, env []string, name string, args ...string) *proc {
 	t.Helper()
 	needBuild(t)
 	cmd := exec.Command(name, args...)
@@ -113,7 +113,7 @@ func startCmd(t *testing.T, env []string, name string, args ...string) *proc {
 	return p
 }
 
-func start(t *testing.T, env []string, scenario string, args ...string) *proc {
+func start(t testing.TB, env []string, scenario string, args ...string) *proc {
 	return startCmd(t, env, e2eProg, append([]string{scenario}, args...)...)
 }
 
@@ -210,7 +210,7 @@ type capture struct {
 
 func newCapture() *capture { return &capture{names: map[uint32]string{}, nameBeforeUse: true} }
 
-func (c *capture) add(t *testing.T, b []byte) error {
+func (c *capture) add(t testing.TB, b []byte) error {
 	typ := record.TypeOf(b)
 	c.types = append(c.types, typ)
 	var err error
@@ -281,7 +281,7 @@ func (c *capture) add(t *testing.T, b []byte) error {
 	return nil
 }
 
-func (c *capture) drain(t *testing.T, r *ring.Reader) {
+func (c *capture) drain(t testing.TB, r *ring.Reader) {
 	t.Helper()
 	if _, err := r.Read(func(b []byte) error { return c.add(t, b) }); err != nil {
 		t.Fatal(err)
@@ -304,7 +304,7 @@ func (c *capture) lastStats() record.AgentStats {
 }
 
 // findRing waits until pid has exactly one cupti ring and opens it.
-func findRing(t *testing.T, pid int, timeout time.Duration) *ring.Reader {
+func findRing(t testing.TB, pid int, timeout time.Duration) *ring.Reader {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -333,7 +333,7 @@ func findRing(t *testing.T, pid int, timeout time.Duration) *ring.Reader {
 	}
 }
 
-func pidOf(t *testing.T, line string) int {
+func pidOf(t testing.TB, line string) int {
 	var pid int
 	if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
 		t.Fatalf("bad PID line %q", line)
@@ -342,7 +342,7 @@ func pidOf(t *testing.T, line string) int {
 }
 
 // pollUntil drains r into c until cond holds or timeout.
-func pollUntil(t *testing.T, r *ring.Reader, c *capture, timeout time.Duration, cond func() bool) bool {
+func pollUntil(t testing.TB, r *ring.Reader, c *capture, timeout time.Duration, cond func() bool) bool {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
