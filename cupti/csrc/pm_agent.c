@@ -509,6 +509,7 @@ static int grow_tables(void)
 }
 
 #define PM_MAX_NAMES 65536
+#define PM_MAX_NAME_BYTES (8u << 20) /* interned text; beyond it kernels get name_id 0 */
 
 /* Returns name id (≥1) or 0 when unavailable. Agent thread only. */
 static uint32_t intern_name(const char *p)
@@ -524,10 +525,12 @@ static uint32_t intern_name(const char *p)
 		}
 	}
 	if (G.names_n >= PM_MAX_NAMES || grow_tables())
-		return 0;
+		return 0; /* bounded memory: see PM_MAX_NAME_BYTES */
 	uint32_t len;
 	uint64_t h = fnv1a(p, &len);
 	uint32_t id = 0;
+	static uint64_t name_bytes;
+	static int warned;
 	uint32_t j = (uint32_t)h & (G.ctab_cap - 1);
 	while (G.ctab[j]) {
 		struct pm_name_ent *e = &G.names[G.ctab[j]];
@@ -538,6 +541,15 @@ static uint32_t intern_name(const char *p)
 		j = (j + 1) & (G.ctab_cap - 1);
 	}
 	if (!id) {
+		if (name_bytes + len + 1 > PM_MAX_NAME_BYTES) {
+			if (!warned) {
+				warned = 1;
+				emit_log(PM_LOG_WARN, "kernel name table full (%u names, %llu bytes): further new names get id 0",
+					 G.names_n, (unsigned long long)name_bytes);
+			}
+			return 0;
+		}
+		name_bytes += len + 1;
 		char *s = malloc(len + 1);
 		if (!s)
 			return 0;
