@@ -89,6 +89,8 @@ type proc struct {
 	pyReady    bool
 	tries      int
 	seen       time.Time
+	pyAt       time.Time // when CPython was found
+	rescans    int
 }
 
 // youngFor is how long after a process appears its thread list and gilstate key are re-read
@@ -396,22 +398,13 @@ func (t *Tracer) setupPython(p *proc) {
 	}
 	p.py, p.pyErr, p.pyReady = py, nil, true
 	t.fillThreads(p, threads)
-	var codes []pyproc.Code
+	p.pyAt = time.Now()
+	found := 0
 	if p.space == 0 {
 		// A new image: find the phase functions that already exist (attach to a running
 		// process). A forked child keeps its parent's space, already filled.
 		p.space = uint32(p.pid)
-		names := t.cfg.Phases.coNames()
-		hasQ := py.Layout.CodeQualname != pyproc.None
-		codes, err = py.ScanCodes(t.cfg.ScanBytes, func(c pyproc.Code) bool {
-			return names[c.Name] && t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
-		})
-		if err != nil {
-			t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)
-		}
-		for _, c := range codes {
-			t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
-		}
+		found = t.scanPhases(p)
 	}
 	conf := PyConf(py)
 	conf.Space = p.space
@@ -419,7 +412,38 @@ func (t *Tracer) setupPython(p *proc) {
 		t.log.Warn("writing CPython config", "pid", p.pid, "error", err)
 	}
 	t.log.Debug("CPython attached", "pid", p.pid, "version", py.VersionString(), "path", py.Path,
-		"threads", len(threads), "gilstate_key", py.GilKey, "phase_codes", len(codes))
+		"threads", len(threads), "gilstate_key", py.GilKey, "phase_codes", found)
+}
+
+// rescanAfter are the ages (since CPython was found) at which a young process's memory is
+// scanned again for phase functions: CPython is often found while the process still imports
+// its modules; lazy discovery (ebpf_code_seen) covers the rest one round trip late.
+var rescanAfter = []time.Duration{250 * time.Millisecond, time.Second, 4 * time.Second}
+
+func (t *Tracer) maybeRescan(p *proc) {
+	if p.rescans >= len(rescanAfter) || time.Since(p.pyAt) < rescanAfter[p.rescans] || p.space != uint32(p.pid) {
+		return
+	}
+	p.rescans++
+	t.scanPhases(p)
+}
+
+// scanPhases finds existing phase functions in p's memory and marks them. t.mu held.
+func (t *Tracer) scanPhases(p *proc) int {
+	names := t.cfg.Phases.coNames()
+	hasQ := p.py.Layout.CodeQualname != pyproc.None
+	codes, err := p.py.ScanCodes(t.cfg.ScanBytes, func(c pyproc.Code) bool {
+		return names[c.Name] && t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
+	})
+	if err != nil {
+		t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)
+	}
+	for _, c := range codes {
+		if _, ok := p.phaseCodes[c.Addr]; !ok {
+			t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
+		}
+	}
+	return len(codes)
 }
 
 // refreshThreads re-reads the thread list and the gilstate key of p (CPython re-creates the
@@ -627,6 +651,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 					t.tryAttach(p)
 				} else if !p.exited && p.py != nil && time.Since(p.seen) < youngFor {
 					t.refreshThreads(p) // a young child may still be re-initialising after fork
+					t.maybeRescan(p)    // and still importing its phase functions
 				}
 			}
 			t.mu.Unlock()
@@ -744,7 +769,7 @@ func (t *Tracer) procEvent(r record.EbpfProc) {
 		}
 		p.links, p.attached, p.libcuda, p.tries = nil, false, "", 0
 		p.py.Close()
-		p.py, p.pyReady = nil, false
+		p.py, p.pyReady, p.rescans = nil, false, 0
 		p.names, p.phaseCodes = map[uint64]bool{}, map[uint64]uint16{}
 		old := p.space
 		p.space = 0

@@ -124,22 +124,27 @@ func (p *Process) GilstateKey(threads []Thread) (int32, error) {
 	if init != 1 || key >= 32 {
 		return -1, fmt.Errorf("autoTSSkey not usable (initialized=%d key=%d)", init, key)
 	}
-	checked := 0
+	// Most threads must agree: right after fork the child's list still holds the parent's
+	// other threads until PyOS_AfterFork_Child prunes it, and a thread may be exiting.
+	match, miss := 0, 0
+	var lastErr error
 	for _, t := range threads {
 		if t.ThreadID == 0 {
 			continue
 		}
 		v, err := p.ReadU64(t.ThreadID + PthreadSpecific1stBlock + 16*uint64(key) + 8)
-		if err != nil {
-			return -1, fmt.Errorf("reading pthread key slot: %w", err)
+		if err == nil && v == t.Tstate {
+			match++
+			continue
 		}
-		if v != t.Tstate {
-			return -1, fmt.Errorf("pthread key %d slot of thread %#x holds %#x, not its tstate %#x", key, t.ThreadID, v, t.Tstate)
-		}
-		checked++
+		miss++
+		lastErr = fmt.Errorf("pthread key %d slot of thread %#x holds %#x, not its tstate %#x (%v)", key, t.ThreadID, v, t.Tstate, err)
 	}
-	if checked == 0 {
-		return -1, errors.New("no thread to check the gilstate key against")
+	if match == 0 || miss > match {
+		if lastErr == nil {
+			lastErr = errors.New("no thread to check the gilstate key against")
+		}
+		return -1, lastErr
 	}
 	p.GilKey = int32(key)
 	return p.GilKey, nil
