@@ -10,24 +10,7 @@ if PYHOOK not in sys.path:
     sys.path.insert(0, PYHOOK)
 
 
-def decode(buf):
-    """Split framed records and decode them with the generated specs."""
-    from profilemate_trace import _records as R
-
-    out = []
-    off = 0
-    while off < len(buf):
-        t, _f, size = R.HEADER.unpack_from(buf, off)
-        assert size >= 8 and size % 8 == 0, (off, t, size)
-        rec = bytes(buf[off:off + size])
-        if t:
-            spec = R.BY_TYPE[t]
-            d = spec.unpack(rec)
-            d["_name"] = spec.name
-            d["_size"] = size
-            out.append(d)
-        off += size
-    return out
+from profilemate_trace.decode import decode  # noqa: E402,F401
 
 
 class Hook:
