@@ -170,6 +170,9 @@ func findBeside(explicit string, candidates ...string) string {
 }
 
 func summarize(res *capture.Result) {
+	for _, w := range res.Warnings {
+		fmt.Fprintln(os.Stderr, "profilemate-trace: warning:", w)
+	}
 	var recs uint64
 	for _, s := range res.Streams {
 		recs += s.Records

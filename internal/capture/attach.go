@@ -132,6 +132,7 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 	res := &Result{SessionDir: sess.Path, Streams: streams}
 	finishMeta(md, streams, col.Pids(), warnings)
 	res.Drops = md.Drops
+	res.Warnings = md.Warnings
 	if err := writeOutputs(sess, md, cfg.NoBundle, res); err != nil {
 		return res, err
 	}

@@ -65,6 +65,7 @@ type Result struct {
 	SessionDir string
 	Bundle     string
 	ExitCode   int
+	Warnings   []string
 	Streams    []collect.StreamInfo
 	Drops      meta.Drops
 }
@@ -125,6 +126,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	for _, w := range warnings {
 		fmt.Fprintln(cfg.Stderr, "profilemate-trace: "+w)
 	}
+	md.Warnings = append(md.Warnings, warnings...)
 
 	cmd := exec.Command(path, cfg.Command[1:]...)
 	cmd.Args[0] = cfg.Command[0]
@@ -185,13 +187,15 @@ loop:
 		res.ExitCode = 130
 	}
 	md.ExitCode = &res.ExitCode
+	printed := len(md.Warnings) // shown before launch already
 	streams, ferr := col.Finish()
 	if ferr != nil {
 		md.Warnings = append(md.Warnings, ferr.Error())
 	}
 	res.Streams = streams
-	finishMeta(md, streams, col.Pids(), warnings)
+	finishMeta(md, streams, col.Pids(), nil)
 	res.Drops = md.Drops
+	res.Warnings = md.Warnings[printed:]
 	if err := writeOutputs(sess, md, cfg.NoBundle, res); err != nil {
 		return res, err
 	}
@@ -308,6 +312,9 @@ func finishMeta(md *meta.Metadata, streams []collect.StreamInfo, pids []int, war
 		}
 		if s.Source == "ebpf" {
 			md.Sources["ebpf"] = "captured"
+		}
+		for _, m := range s.Messages {
+			md.Warnings = append(md.Warnings, fmt.Sprintf("pid %d (%s): %s", s.Pid, s.Source, m))
 		}
 		seen[s.Pid] = true
 	}

@@ -74,7 +74,14 @@ type StreamInfo struct {
 	CuptiVersion   uint32 `json:"cupti_version,omitempty"`
 	CudaDriver     uint32 `json:"cuda_driver_version,omitempty"`
 	ProducerDetail string `json:"producer_info,omitempty"`
+	// Messages are the producer's warnings and errors (log records of level ≥ 2), at most
+	// maxMessages of them.
+	Messages []string `json:"messages,omitempty"`
 }
+
+// maxMessages bounds the producer messages kept per stream for metadata.json; every log
+// record stays in the raw stream.
+const maxMessages = 20
 
 type stream struct {
 	info   StreamInfo
@@ -283,6 +290,10 @@ func (c *Collector) drainOne(s *stream) {
 		switch record.TypeOf(rec) {
 		case record.TypeKernel, record.TypeGraphTrace:
 			s.launch++
+		case record.TypeLog:
+			if l, err := record.DecodeLog(rec); err == nil && l.Level >= 2 && len(s.info.Messages) < maxMessages {
+				s.info.Messages = append(s.info.Messages, string(l.Text))
+			}
 		case record.TypeProcessInfo:
 			if p, err := record.DecodeProcessInfo(rec); err == nil {
 				s.info.CuptiVersion = p.CuptiVersion
