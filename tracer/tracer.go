@@ -43,7 +43,10 @@ var (
 	ErrClosed     = errors.New("tracer closed")
 )
 
-// Sink receives framed records (one record per call) for the process pid.
+// Sink receives framed records (one record per call) for the process pid (host pid namespace;
+// 0 = records about the whole tracer, e.g. global drop counters). The first records of each
+// pid are the ebpf_phase_def table. Calls are serialised (never concurrent) and the record
+// bytes are only valid during the call.
 type Sink func(pid int, rec []byte) error
 
 // Tracer owns the loaded BPF objects, the ring-buffer reader and all links.
@@ -67,6 +70,8 @@ type Tracer struct {
 	procs  map[int]*proc
 	wide   map[string][]link.Link // SystemWide: links per libcuda host path
 	closed bool
+	emitMu sync.Mutex    // serialises sink calls
+	headed map[int]bool // streams that got their ebpf_phase_def records (under emitMu)
 
 	stats struct {
 		records, launches, syncs, codesSeen, codesNamed, sinkErrors, readerErrors atomic.Uint64
@@ -111,7 +116,7 @@ func New(cfg Config) (_ *Tracer, err error) {
 		return nil, ErrNoBTF
 	}
 	_ = rlimit.RemoveMemlock() // needed before 5.11 only; harmless after
-	t := &Tracer{cfg: cfg, log: cfg.Logger, procs: map[int]*proc{}, wide: map[string][]link.Link{}}
+	t := &Tracer{cfg: cfg, log: cfg.Logger, procs: map[int]*proc{}, wide: map[string][]link.Link{}, headed: map[int]bool{}}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -692,6 +697,16 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 }
 
 func (t *Tracer) emit(sink Sink, pid int, rec []byte) {
+	t.emitMu.Lock()
+	defer t.emitMu.Unlock()
+	if !t.headed[pid] { // each stream starts with the phase table
+		t.headed[pid] = true
+		for _, d := range t.PhaseDefs() {
+			if err := sink(pid, d); err != nil {
+				t.stats.sinkErrors.Add(1)
+			}
+		}
+	}
 	if err := sink(pid, rec); err != nil {
 		t.stats.sinkErrors.Add(1)
 	}

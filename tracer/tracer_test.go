@@ -44,10 +44,15 @@ var (
 	fakeErr  error
 )
 
-// fakeCuda builds bpf/testdata/fakecuda.c into a libcuda.so.1 once per test binary.
+// fakeCuda builds bpf/testdata/fakecuda.c into a libcuda.so.1 once per test binary, or uses
+// $PROFILEMATE_FAKECUDA.
 func fakeCuda(t testing.TB) string {
 	t.Helper()
 	fakeOnce.Do(func() {
+		if p := os.Getenv("PROFILEMATE_FAKECUDA"); p != "" { // prebuilt (GPU hosts may lack cc)
+			fakePath = p
+			return
+		}
 		dir, err := os.MkdirTemp("", "pm-fakecuda-")
 		if err != nil {
 			fakeErr = err
@@ -344,6 +349,25 @@ func TestAttachRunningPython(t *testing.T) {
 				}
 				if n := len(c.of(w.pid, record.TypeEbpfPhaseCounter)); n != len(want) {
 					t.Errorf("round %d: %d phase_counter records, want %d", round, n, len(want))
+				}
+				c.mu.Lock()
+				head := c.recs[w.pid][:len(tab.Rules)]
+				c.mu.Unlock()
+				for i, b := range head {
+					d, err := record.DecodeEbpfPhaseDef(b)
+					if err != nil || !strings.HasPrefix(string(d.Name), tab.Rules[i].Phase+"\t"+tab.Rules[i].Qualname) {
+						t.Fatalf("stream record %d is not phase rule %d: %+v %v", i, i, d, err)
+					}
+				}
+				named := 0
+				for _, b := range c.of(w.pid, record.TypeEbpfCodeInfo) {
+					ci, _ := record.DecodeEbpfCodeInfo(b)
+					if strings.HasPrefix(string(ci.Name), "layer\t") && strings.HasSuffix(string(ci.Name), "gpu_model_runner.py") {
+						named++
+					}
+				}
+				if named != 1 {
+					t.Errorf("round %d: innermost function layer() named %d times, want 1", round, named)
 				}
 				st := tr.Stats()
 				if len(st.Drops) != 0 {
