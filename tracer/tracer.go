@@ -70,7 +70,7 @@ type Tracer struct {
 	procs  map[int]*proc
 	wide   map[string][]link.Link // SystemWide: links per libcuda host path
 	closed bool
-	emitMu sync.Mutex    // serialises sink calls
+	emitMu sync.Mutex   // serialises sink calls
 	headed map[int]bool // streams that got their ebpf_phase_def records (under emitMu)
 
 	stats struct {
