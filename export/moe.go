@@ -54,13 +54,16 @@ func (s *Session) moe() *moeResult {
 		for _, c := range st.MoECounts {
 			m := get(c.LayerIdx)
 			n := len(c.Counts) / 8
-			if int(c.NumExperts) > n {
+			if int(c.NumExperts) > n && c.NumExperts <= maxExperts {
 				n = int(c.NumExperts)
+			}
+			if n > maxExperts {
+				n = maxExperts
 			}
 			if n > len(m.counts) {
 				m.counts = append(m.counts, make([]uint64, n-len(m.counts))...)
 			}
-			if c.NumExperts > m.experts {
+			if c.NumExperts > m.experts && c.NumExperts <= maxExperts {
 				m.experts = c.NumExperts
 			}
 			m.topK = c.TopK
@@ -104,7 +107,7 @@ func (s *Session) moe() *moeResult {
 			}
 		}
 		for _, h := range st.MoEHists {
-			if h.NumBins == 0 || !(h.Hi > h.Lo) {
+			if h.NumBins == 0 || h.NumBins > maxBins || int(h.NumBins) > len(h.Bins)/8 || !(h.Hi > h.Lo) || math.IsInf(h.Hi-h.Lo, 0) {
 				continue
 			}
 			m := get(h.LayerIdx)
@@ -181,6 +184,13 @@ func quantilePoints(k histKey, bins []uint64, n int) ([]float64, []int) {
 	}
 	return pts, idx
 }
+
+// Bounds on sizes taken from records, so a corrupt record cannot make the joiner allocate
+// without limit.
+const (
+	maxExperts = 1 << 16
+	maxBins    = 1 << 16
+)
 
 // Quantile points per layer in moe_routing_weights_hist.csv.
 const weightPoints = 100
