@@ -95,6 +95,7 @@ type proc struct {
 	tries      int
 	seen       time.Time
 	pyAt       time.Time // when CPython was found
+	unnamed    []uint64  // phase code objects found by a scan, not yet named in the stream
 	rescans    int
 }
 
@@ -446,6 +447,7 @@ func (t *Tracer) scanPhases(p *proc) int {
 	for _, c := range codes {
 		if _, ok := p.phaseCodes[c.Addr]; !ok {
 			t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
+			p.unnamed = append(p.unnamed, c.Addr) // named in the stream by Run (ebpf_code_info)
 		}
 	}
 	return len(codes)
@@ -651,7 +653,16 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			case <-tick.C:
 			}
 			t.mu.Lock()
+			type code struct {
+				pid  int
+				addr uint64
+			}
+			var unnamed []code
 			for _, p := range t.procs {
+				for _, a := range p.unnamed {
+					unnamed = append(unnamed, code{p.pid, a})
+				}
+				p.unnamed = nil
 				if !p.exited && (!p.attached || !p.pyReady) && p.tries < 600 {
 					t.tryAttach(p)
 				} else if !p.exited && p.py != nil && time.Since(p.seen) < youngFor {
@@ -660,6 +671,9 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 				}
 			}
 			t.mu.Unlock()
+			for _, c := range unnamed {
+				t.nameCode(c.pid, c.addr, 1, sink)
+			}
 			if t.cfg.CounterInterval > 0 && time.Since(lastSnap) >= t.cfg.CounterInterval {
 				lastSnap = time.Now()
 				t.snapshot(sink)

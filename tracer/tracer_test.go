@@ -369,6 +369,15 @@ func TestAttachRunningPython(t *testing.T) {
 				if named != 1 {
 					t.Errorf("round %d: innermost function layer() named %d times, want 1", round, named)
 				}
+				phaseNamed := map[uint16]bool{}
+				for _, b := range c.of(w.pid, record.TypeEbpfCodeInfo) {
+					if ci, _ := record.DecodeEbpfCodeInfo(b); ci.Phase != 0 && ci.Flags&1 != 0 {
+						phaseNamed[ci.Phase] = true
+					}
+				}
+				if len(phaseNamed) != 7 { // the 7 phase functions of testdata/vllm, found by the scan
+					t.Errorf("round %d: scanned phase functions named for %d phases, want 7", round, len(phaseNamed))
+				}
 				st := tr.Stats()
 				if len(st.Drops) != 0 {
 					t.Errorf("round %d: drops %v", round, st.Drops)
