@@ -730,8 +730,9 @@ func TestYield(t *testing.T) {
 	}
 }
 
-// TestPythonSpawn: a Python (ctypes) program and its multiprocessing spawn child
-// each produce their own ring, delivered over the control socket.
+// TestPythonSpawn: a Python (ctypes) program, its multiprocessing fork child
+// (forked before CUDA, leaves through os._exit) and its spawn child each produce
+// their own ring, delivered over the control socket.
 func TestPythonSpawn(t *testing.T) {
 	py, err := exec.LookPath("python3")
 	if err != nil {
@@ -744,13 +745,17 @@ func TestPythonSpawn(t *testing.T) {
 	defer cs.Close()
 	p := startCmd(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_CONTROL_SOCKET="+cs.Path()), py, "testdata/e2e_prog.py")
 	pid := pidOf(t, p.waitLine("PID", 10*time.Second))
-	var child, mainTid int
+	var child, forkChild, forkExit, mainTid int
+	fmt.Sscanf(p.waitLine("FORKCHILD", 30*time.Second), "FORKCHILD %d %d", &forkChild, &forkExit)
+	if forkExit != 0 {
+		t.Fatalf("fork child exit %d", forkExit)
+	}
 	fmt.Sscanf(p.waitLine("CHILD", 30*time.Second), "CHILD %d", &child)
 	fmt.Sscanf(p.waitLine("TID", 10*time.Second), "TID %d", &mainTid)
 	p.waitLine("READY", 10*time.Second)
 	readers := map[int]*ring.Reader{}
 	deadline := time.After(5 * time.Second)
-	for len(readers) < 2 {
+	for len(readers) < 3 {
 		select {
 		case in := <-cs.Incoming():
 			r, err := ring.OpenFile(in.File)
@@ -760,11 +765,14 @@ func TestPythonSpawn(t *testing.T) {
 			defer r.Close()
 			readers[in.Pid] = r
 		case <-deadline:
-			t.Fatalf("rings %v (pid %d child %d)", readers, pid, child)
+			t.Fatalf("rings %v (pid %d fork child %d spawn child %d)", readers, pid, forkChild, child)
 		}
 	}
 	p.quit()
-	for who, want := range map[int][2]int{pid: {12, 2}, child: {4, 1}} {
+	if st := readers[forkChild].Header().ProducerState; st != ring.StateRunning {
+		t.Errorf("fork child (os._exit) state %d: exit handlers must not have run", st)
+	}
+	for who, want := range map[int][2]int{pid: {12, 2}, child: {4, 1}, forkChild: {4, 1}} {
 		r := readers[who]
 		if r == nil {
 			t.Fatalf("no ring for %d: %v", who, readers)
@@ -775,7 +783,7 @@ func TestPythonSpawn(t *testing.T) {
 		for _, m := range c.memcpys {
 			bytes += m.Bytes
 		}
-		if len(c.kernels) != want[0] || len(c.graphs) != want[1] || r.Header().ProducerState != ring.StateExited {
+		if len(c.kernels) != want[0] || len(c.graphs) != want[1] || who != forkChild && r.Header().ProducerState != ring.StateExited {
 			t.Errorf("pid %d: kernels %d graphs %d state %d", who, len(c.kernels), len(c.graphs), r.Header().ProducerState)
 		}
 		if who == pid {

@@ -71,8 +71,19 @@ def child():
     check(cu.lib.cuStreamSynchronize(cu.stream), "sync")
 
 
+def fork_child():
+    child()
+    import time
+    time.sleep(0.4)  # several agent flush periods: multiprocessing leaves through os._exit
+
+
 def main():
     print("PID", os.getpid(), flush=True)
+    # fork before this process touches CUDA (vLLM's default), then a spawn child
+    fc = mp.get_context("fork").Process(target=fork_child)
+    fc.start()
+    fc.join()
+    print("FORKCHILD", fc.pid, fc.exitcode, flush=True)
     ctx = mp.get_context("spawn")
     p = ctx.Process(target=child)
     p.start()
