@@ -979,3 +979,15 @@ func TestManyKernelNames(t *testing.T) {
 		t.Errorf("demangled %q", short)
 	}
 }
+
+// TestNoTimestampCallback: where CUPTI refuses the timestamp callback (WSL), the
+// agent still collects, says so after process_info, and clears the flag bit.
+func TestNoTimestampCallback(t *testing.T) {
+	c, r, _, _, _, _ := runBasic(t, baseEnv(true, "PROFILEMATE_START=graph", "MOCK_CUPTI_NO_TSCB=1"))
+	if c.types[0] != record.TypeProcessInfo || c.types[1] != record.TypeLog || !strings.Contains(c.logs[0], "timestamp callback unavailable") {
+		t.Fatalf("stream starts %v, logs %q", c.types[:3], c.logs)
+	}
+	if c.procInfo[0].AgentFlags&8 != 0 || len(c.kernels) != 27 || r.Header().ProducerState != ring.StateExited {
+		t.Errorf("flags %#x kernels %d", c.procInfo[0].AgentFlags, len(c.kernels))
+	}
+}

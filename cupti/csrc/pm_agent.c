@@ -1334,11 +1334,12 @@ static void *open_cupti(char *path_out, size_t cap)
 	return NULL;
 }
 
+static const char *pm_missing_sym;
 #define SYM(field, name, required)                                                                     \
 	do {                                                                                           \
 		*(void **)(&G.field) = dlsym(G.lib, name);                                              \
 		if (!G.field && (required)) {                                                          \
-			emit_log(PM_LOG_ERROR, "libcupti %s lacks %s", G.lib_path, name);               \
+			pm_missing_sym = name;                                                         \
 			return -1;                                                                     \
 		}                                                                                      \
 	} while (0)
@@ -1496,7 +1497,9 @@ static void pm_init(void)
 		return;
 	}
 	if (resolve() != 0) {
-		go_failed("libcupti lacks required symbols");
+		char why[PATH_MAX + 96];
+		snprintf(why, sizeof why, "libcupti %s lacks %s", G.lib_path, pm_missing_sym ? pm_missing_sym : "?");
+		go_failed(why);
 		return;
 	}
 	if (G.GetVersion(&G.version) != PM_CUPTI_SUCCESS)
@@ -1520,10 +1523,10 @@ static void pm_init(void)
 		return;
 	}
 	/* Before enabling any kind: clock, thread ids, buffer attributes. */
+	/* (warnings are written after process_info, which must be the stream's first record) */
+	int devbuf_refused = 0;
 	if (G.RegisterTimestampCallback && G.RegisterTimestampCallback(pm_timestamp) == PM_CUPTI_SUCCESS)
 		G.agent_flags |= PM_AF_TSCB;
-	else
-		emit_log(PM_LOG_WARN, "timestamp callback unavailable: CUPTI timestamps are not CLOCK_MONOTONIC");
 	if (G.SetThreadIdType && G.SetThreadIdType(PM_THREAD_ID_TYPE_SYSTEM) == PM_CUPTI_SUCCESS)
 		G.agent_flags |= PM_AF_SYSTID;
 	if (G.SetAttribute) {
@@ -1534,7 +1537,7 @@ static void pm_init(void)
 			size_t v = (size_t)C.dev_buf_bytes, vs = sizeof v;
 			pm_CUptiResult ast = G.SetAttribute(PM_ATTR_DEVICE_BUFFER_SIZE, &vs, &v);
 			if (ast != PM_CUPTI_SUCCESS)
-				emit_log(PM_LOG_WARN, "CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE=%zu refused (%d)", v, ast);
+				devbuf_refused = ast;
 		}
 	}
 	if (G.EnableDriverApi && G.EnableRuntimeApi)
@@ -1568,8 +1571,8 @@ static void pm_init(void)
 		G.emergency->shared = 1;
 	st = G.RegisterCallbacks(pm_buffer_requested, pm_buffer_completed);
 	if (st != PM_CUPTI_SUCCESS) {
-		G.subscriber = NULL;
 		G.Unsubscribe(G.subscriber);
+		G.subscriber = NULL;
 		char why[96];
 		snprintf(why, sizeof why, "cuptiActivityRegisterCallbacks error %d", st);
 		go_failed(why);
@@ -1579,6 +1582,11 @@ static void pm_init(void)
 	G.agent_flags |= PM_AF_ARMED;
 	G.ring.hdr->producer_flags = PM_PFLAG_ARMED_AT_INIT;
 	emit_process_info();
+	if (!(G.agent_flags & PM_AF_TSCB))
+		emit_log(PM_LOG_WARN, "timestamp callback unavailable: CUPTI timestamps are not CLOCK_MONOTONIC");
+	if (devbuf_refused)
+		emit_log(PM_LOG_WARN, "CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE=%llu refused (%d)",
+			 (unsigned long long)C.dev_buf_bytes, devbuf_refused);
 	if (G.version >= 24 && G.version < 130100)
 		pm_dbg("CUPTI %u: zero kernel timestamps possible with the timestamp callback; counted", G.version);
 	set_kinds(wanted_kinds(0, PM_DETAIL_GRAPH)); /* PROFILEMATE_ARM=full arms kernel kinds now */
