@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/profilemate/profilemate-trace/internal/capture"
-	"github.com/profilemate/profilemate-trace/internal/collect"
 	"github.com/profilemate/profilemate-trace/internal/ring"
 )
 
@@ -142,15 +141,16 @@ func (d *Daemon) Start(req Request) ([]Capture, error) {
 	}
 	// Refuse, before starting any, when a tree overlaps a capture in progress: two
 	// collectors on one ring would interleave control words and split its records.
+	tree := readTree(d.cfg.ProcRoot)
 	busy := map[int]string{}
 	for id, root := range d.active {
-		for _, p := range collect.Descendants([]int{root}) {
+		for _, p := range tree.descendants(root) {
 			busy[p] = id
 		}
 	}
 	claimed := map[int]bool{}
 	for _, t := range targets {
-		for _, p := range collect.Descendants([]int{t.Pid}) {
+		for _, p := range tree.descendants(t.Pid) {
 			if id, ok := busy[p]; ok {
 				d.m.captures.WithLabelValues("refused_busy").Inc()
 				return nil, apiErr(409, "pid %d is already being captured by %s (pid %d is in its process tree); wait for it to end (GET /captures/%s)", t.Pid, id, p, id)
@@ -305,13 +305,15 @@ func (d *Daemon) run(c *Capture, dir string, req Request) {
 			log.Warn("removing the expanded session (the bundle is kept)", "err", err)
 		}
 	}
-	if err := d.store.update(c); err != nil {
-		log.Warn("writing the capture index", "err", err)
-	}
+	// Free the tree before publishing the end, so a client that saw "done" can start the
+	// next capture at once.
 	d.mu.Lock()
 	delete(d.active, c.ID)
 	d.mu.Unlock()
 	d.m.running.Dec()
+	if err := d.store.update(c); err != nil {
+		log.Warn("writing the capture index", "err", err)
+	}
 	d.store.enforce(d.cfg.RetainSize, d.cfg.RetainAge, time.Now(), d.m)
 }
 
@@ -458,3 +460,37 @@ func (d *Daemon) shutdown(srv *servers) error {
 
 // pidAlive is used by tests.
 func pidAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// procTree is the parent → children map of one /proc walk.
+type procTree map[int][]int
+
+func readTree(procRoot string) procTree {
+	t := procTree{}
+	ents, _ := os.ReadDir(procRoot)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp, _, ok := procStat(procRoot, pid); ok {
+			t[pp] = append(t[pp], pid)
+		}
+	}
+	return t
+}
+
+// descendants returns root and every descendant (root even if it has exited: a capture
+// in progress keeps its claim on the pid).
+func (t procTree) descendants(root int) []int {
+	out := []int{root}
+	seen := map[int]bool{root: true}
+	for i := 0; i < len(out); i++ {
+		for _, c := range t[out[i]] {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}

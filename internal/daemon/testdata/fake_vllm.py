@@ -122,7 +122,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tp", type=int, default=0)
     ap.add_argument("--health", default="")
-    ap.add_argument("--rate", type=int, default=20, help="kernel records per 10 ms while enabled")
+    ap.add_argument("--rate", type=int, default=int(os.environ.get("FAKE_VLLM_RATE", "20")), help="kernel launches per 10 ms")
     a = ap.parse_args()
     orphan_s = float(os.environ.get("PROFILEMATE_ORPHAN_TIMEOUT", "30"))
     children = []
