@@ -69,6 +69,8 @@ class Ring:
         self.written = 0
         self.dropped = 0
         self.bytes_dropped = 0
+        self.pads = []  # absolute positions of padding records (producer-private; lets the
+        #                 in-process spill consumer copy whole chunks instead of walking records)
         self.mm[0:8] = MAGIC
         struct.pack_into("<IIQIIQ", self.mm, 8, 1, HEADER_SIZE, data_size, os.getpid(), SOURCE_PYHOOK,
                          time.monotonic_ns())
@@ -92,6 +94,7 @@ class Ring:
             return -1
         if pad:
             _PAD_HDR.pack_into(self.data, off, 0, 0, pad)
+            self.pads.append(head)
             head += pad
             off = 0
             self.head = head
@@ -159,7 +162,36 @@ class Ring:
         return self.hq[_Q_TAIL]
 
     def read_available(self):
-        """Consume everything written so far; return the framed records (padding removed)."""
+        """Consume everything written so far; return the framed records (padding removed).
+        In-process consumer: copies whole chunks, using the producer's padding positions."""
+        with self.lock:
+            head = self.head
+            pads = self.pads
+            self.pads = []
+        tail = self.hq[_Q_TAIL]
+        if head == tail:
+            return b""
+        parts = []
+        data = self.data
+        mask = self.mask
+        pos = tail
+        for pad_at in pads + [head]:
+            if pad_at < pos:
+                continue
+            # [pos, pad_at) is contiguous in the data area (a padding record ends every wrap)
+            a = pos & mask
+            n = pad_at - pos
+            if n:
+                parts.append(data[a:a + n].tobytes())
+            if pad_at == head:
+                break
+            pos = pad_at + (self.data_size - (pad_at & mask))  # skip the padding to the wrap
+        self.hq[_Q_TAIL] = head
+        self.hq[_Q_LAST_FLUSH] = time.monotonic_ns()
+        return b"".join(parts)
+
+    def read_available_walk(self):
+        """Consume by walking record headers (what an out-of-process tracer does; tests)."""
         head = self.hq[_Q_HEAD]
         tail = self.hq[_Q_TAIL]
         out = bytearray()

@@ -13,6 +13,10 @@ if PYHOOK not in sys.path:
 from profilemate_trace.decode import decode  # noqa: E402,F401
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_vllm: needs a real vLLM venv (pyhook/tests/install_vllm_cpu.sh)")
+
+
 class Hook:
     def __init__(self, rt):
         self.rt = rt

@@ -81,7 +81,8 @@ def install(p, mod):
                 nf = _nfree(self)
                 if ev:
                     rt.emit_kv(EVICT, pid, nf, 0, ev)
-                rt.emit_kv(ALLOC, pid, nf, 0, [b.block_id for b in ret])
+                if ret:
+                    rt.emit_kv(ALLOC, pid, nf, 0, [b.block_id for b in ret])
             except Exception as e:
                 p.fail(e)
             return ret
@@ -107,7 +108,8 @@ def install(p, mod):
                         freed.append(b.block_id)
                     else:
                         kept += 1
-                rt.emit_kv(FREE, pool_id(self), _nfree(self), kept, freed)
+                if freed or kept:
+                    rt.emit_kv(FREE, pool_id(self), _nfree(self), kept, freed)
             except Exception as e:
                 p.fail(e)
         return w
@@ -125,6 +127,8 @@ def install(p, mod):
                 p.fail(e)
                 return orig(self, blocks, *a, **kw)
             r = orig(self, blocks, *a, **kw)
+            if not (revived or shared):
+                return r
             try:
                 rt.emit_kv(TOUCH, pool_id(self), _nfree(self), len(revived), revived + shared)
             except Exception as e:
