@@ -1304,15 +1304,19 @@ static int find_cupti_cb(struct dl_phdr_info *info, size_t size, void *data)
 static void *open_cupti(char *path_out, size_t cap)
 {
 	void *h = NULL;
+	struct find_ctx f = {{0}};
+	int mapped = dl_iterate_phdr(find_cupti_cb, &f) && f.path[0];
 	if (C.cupti_path && *C.cupti_path) {
 		h = dlopen(C.cupti_path, RTLD_NOW | RTLD_LOCAL);
 		snprintf(path_out, cap, "%s", C.cupti_path);
 		if (!h)
 			pm_warn("PROFILEMATE_CUPTI_PATH=%s: %s", C.cupti_path, dlerror());
+		else if (mapped && dlopen(f.path, RTLD_NOW | RTLD_NOLOAD) != h)
+			pm_warn("PROFILEMATE_CUPTI_PATH=%s is not the libcupti this process already uses (%s): two CUPTI "
+				"instances, the framework's profiler and ours will not see each other", C.cupti_path, f.path);
 		return h;
 	}
-	struct find_ctx f = {{0}};
-	if (dl_iterate_phdr(find_cupti_cb, &f) && f.path[0]) {
+	if (mapped) {
 		h = dlopen(f.path, RTLD_NOW | RTLD_LOCAL);
 		if (h) {
 			snprintf(path_out, cap, "%s", f.path);
