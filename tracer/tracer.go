@@ -438,8 +438,8 @@ func (t *Tracer) maybeRescan(p *proc) {
 func (t *Tracer) scanPhases(p *proc) int {
 	names := t.cfg.Phases.coNames()
 	hasQ := p.py.Layout.CodeQualname != pyproc.None
-	codes, err := p.py.ScanCodes(t.cfg.ScanBytes, func(c pyproc.Code) bool {
-		return names[c.Name] && t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
+	codes, err := p.py.ScanCodes(t.cfg.ScanBytes, func(n string) bool { return names[n] }, func(c pyproc.Code) bool {
+		return t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ) != 0
 	})
 	if err != nil {
 		t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)

@@ -9,7 +9,6 @@ package pyproc
 
 import (
 	"bufio"
-	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
@@ -343,6 +342,24 @@ func (p *Process) readString(obj uint64, max int) (string, error) {
 	return string(b), nil
 }
 
+// strASCII reads a short compact ASCII str object with one read.
+func (p *Process) strASCII(ptr uint64) (string, error) {
+	if ptr == 0 {
+		return "", errors.New("null str")
+	}
+	var b [128]byte
+	if err := p.Read(ptr, b[:]); err != nil {
+		return "", err
+	}
+	l := p.Layout
+	n := binary.LittleEndian.Uint64(b[l.UnicodeLength:])
+	state := binary.LittleEndian.Uint32(b[l.UnicodeState:])
+	if state&(1<<5) == 0 || state&(1<<6) == 0 || n > uint64(len(b))-l.ASCIIData {
+		return "", errors.New("not a short compact ASCII str")
+	}
+	return string(b[l.ASCIIData : l.ASCIIData+n]), nil
+}
+
 // Code is a code object's identity.
 type Code struct {
 	Addr        uint64
@@ -387,9 +404,10 @@ func (p *Process) ReadCode(addr uint64) (Code, error) {
 }
 
 // ScanCodes looks for code objects in the process's anonymous writable memory and heap (where
-// CPython allocates them) and returns those for which keep returns true. It reads at most
-// maxBytes bytes; mappings larger than 1 GiB (tensors, not objects) are skipped.
-func (p *Process) ScanCodes(maxBytes uint64, keep func(Code) bool) ([]Code, error) {
+// CPython allocates them) and returns those whose co_name passes name and for which keep
+// returns true. It reads at most maxBytes bytes; mappings larger than 1 GiB (tensors, not
+// objects) are skipped.
+func (p *Process) ScanCodes(maxBytes uint64, name func(string) bool, keep func(Code) bool) ([]Code, error) {
 	if p.CodeType == 0 {
 		return nil, errors.New("PyCode_Type not found")
 	}
@@ -400,8 +418,7 @@ func (p *Process) ScanCodes(maxBytes uint64, keep func(Code) bool) ([]Code, erro
 	var out []Code
 	var scanned uint64
 	buf := make([]byte, 1<<20)
-	var want [8]byte
-	binary.LittleEndian.PutUint64(want[:], p.CodeType)
+	names := map[uint64]string{} // co_name str objects are shared (interned): read each once
 	for _, m := range maps {
 		if len(m.Perms) < 2 || m.Perms[0] != 'r' || m.Perms[1] != 'w' {
 			continue
@@ -426,10 +443,27 @@ func (p *Process) ScanCodes(maxBytes uint64, keep func(Code) bool) ([]Code, erro
 				break
 			}
 			for i := 8; i+8 <= len(b); i += 8 {
-				if !bytes.Equal(b[i:i+8], want[:]) {
+				if binary.LittleEndian.Uint64(b[i:]) != p.CodeType {
 					continue
 				}
-				c, err := p.ReadCode(a + uint64(i) - 8)
+				obj := a + uint64(i) - 8
+				// Cheap filter first: co_name (from the buffer when it is there, names cached),
+				// then the full code object.
+				var ptr uint64
+				if no := i - 8 + int(p.Layout.CodeName); no+8 <= len(b) {
+					ptr = binary.LittleEndian.Uint64(b[no:])
+				} else if ptr, err = p.ReadU64(obj + p.Layout.CodeName); err != nil {
+					continue
+				}
+				n, ok := names[ptr]
+				if !ok {
+					n, _ = p.strASCII(ptr)
+					names[ptr] = n
+				}
+				if n == "" || !name(n) {
+					continue
+				}
+				c, err := p.ReadCode(obj)
 				if err != nil {
 					continue
 				}

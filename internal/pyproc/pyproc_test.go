@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/profilemate/profilemate-trace/internal/pyproc/pyproctest"
 )
@@ -95,14 +96,16 @@ func TestOpenValidateWalk(t *testing.T) {
 			if !strings.Contains(all, wantSched) || !strings.Contains(all, "worker<") {
 				t.Fatalf("stacks %q, want %q and a worker thread", all, wantSched)
 			}
-			codes, err := p.ScanCodes(1<<30, func(c Code) bool { return c.Name == "schedule" })
+			t0 := time.Now()
+			codes, err := p.ScanCodes(1<<30, func(n string) bool { return n == "schedule" }, func(c Code) bool { return true })
+			scan := time.Since(t0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(codes) != 1 || !strings.HasSuffix(codes[0].Filename, "nested.py") || codes[0].FirstLineno != 5 {
 				t.Fatalf("scan found %+v, want Scheduler.schedule of nested.py:5", codes)
 			}
-			t.Logf("%s: CPython %s at %s, %d threads, gilstate key %d, stacks %s", py, p.VersionString(), p.Path, len(threads), key, all)
+			t.Logf("%s: CPython %s at %s, %d threads, gilstate key %d, code scan %v, stacks %s", py, p.VersionString(), p.Path, len(threads), key, scan, all)
 		})
 	}
 }
