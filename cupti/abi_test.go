@@ -9,6 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/profilemate/profilemate-trace/internal/ring"
 )
 
 // fetchWheels downloads the CUPTI/runtime wheels (make -C cupti .cache/stamp).
@@ -112,5 +115,38 @@ func TestMockExportsAgentSymbols(t *testing.T) {
 		if strings.HasPrefix(s, "pm_") {
 			t.Errorf("agent leaks internal symbol %s", s)
 		}
+	}
+}
+
+// TestRealLibcuptiWithoutGPU loads the real libcupti.so.12 (12.9) and .so.13
+// (13.0) from the wheels into a process whose libcuda is the fake one: CUPTI
+// cannot initialize, the agent must end passive or failed with a log line, and
+// the target must run to completion unaffected.
+func TestRealLibcuptiWithoutGPU(t *testing.T) {
+	cache := fetchWheels(t)
+	for _, lib := range []string{
+		filepath.Join(cache, "cu12/nvidia/cuda_cupti/lib/libcupti.so.12"),
+		filepath.Join(cache, "cu13/nvidia/cu13/lib/libcupti.so.13"),
+	} {
+		t.Run(filepath.Base(lib), func(t *testing.T) {
+			p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_CUPTI_PATH="+lib), "basic")
+			pid := pidOf(t, p.waitLine("PID", 10*time.Second))
+			p.waitLine("READY", 20*time.Second)
+			r := findRing(t, pid, 2*time.Second)
+			p.quit()
+			c := newCapture()
+			c.drain(t, r)
+			st := r.Header().ProducerState
+			if st != ring.StatePassive && st != ring.StateFailed && st != ring.StateExited {
+				t.Errorf("state %d", st)
+			}
+			if len(c.procInfo) != 1 || c.procInfo[0].CuptiVersion == 0 {
+				t.Errorf("process_info %+v", c.procInfo)
+			}
+			if len(c.logs) == 0 || !strings.HasPrefix(c.logs[0], "cupti_unavailable: ") && !strings.HasPrefix(c.logs[0], "cupti_busy: ") {
+				t.Errorf("logs %q", c.logs)
+			}
+			t.Logf("CUPTI %d: state %d, logs %q", c.procInfo[0].CuptiVersion, st, c.logs)
+		})
 	}
 }

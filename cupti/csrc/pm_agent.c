@@ -1521,7 +1521,14 @@ static void pm_init(void)
 	pm_CUptiResult st = pm_subscribe(holder, sizeof holder);
 	if (st != PM_CUPTI_SUCCESS) {
 		char why[400];
-		snprintf(why, sizeof why, "cupti_busy: %s (cuptiSubscribe error %d)", holder[0] ? holder : "unknown", st);
+		if (st == PM_CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED) {
+			snprintf(why, sizeof why, "cupti_busy: %s (cuptiSubscribe error %d)", holder[0] ? holder : "unknown", st);
+		} else {
+			const char *rs = NULL;
+			if (!G.GetResultString || G.GetResultString(st, &rs) != PM_CUPTI_SUCCESS || !rs)
+				rs = "";
+			snprintf(why, sizeof why, "cupti_unavailable: cuptiSubscribe error %d %s", st, rs);
+		}
 		go_passive(why); /* zero further CUPTI calls */
 		start_agent_thread(); /* only acknowledges control changes */
 		return;
