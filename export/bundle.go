@@ -2,6 +2,7 @@ package export
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -26,9 +27,12 @@ const maxMember = 4 << 30
 // ErrBundle reports a bundle that cannot be read.
 var ErrBundle = errors.New("invalid bundle")
 
-// WriteBundle writes every regular file under dir into a zstd-compressed tar at out, with
-// member names prefixed by the directory's base name. The file is written to a temporary
-// name and renamed, so a bundle on disk is always complete.
+// WriteBundle writes the sources of the session in dir — metadata.json and raw/ — into a
+// zstd-compressed tar at out, with member names prefixed by the directory's base name.
+// Raw streams are stored columnar (see columnar.go) and read back byte-identical. Derived
+// files are not bundled: `export` recreates every one of them from these sources (they
+// would otherwise be most of the bundle). The file is written to a temporary name and
+// renamed, so a bundle on disk is always complete.
 func WriteBundle(dir, out string) (err error) {
 	base := filepath.Base(dir)
 	var files []string
@@ -37,7 +41,11 @@ func WriteBundle(dir, out string) (err error) {
 			return err
 		}
 		if d.Type().IsRegular() {
-			files = append(files, p)
+			rel, _ := filepath.Rel(dir, p)
+			rel = filepath.ToSlash(rel)
+			if rel == "metadata.json" || (strings.HasPrefix(rel, "raw/") && !strings.Contains(rel[4:], "/")) {
+				files = append(files, p)
+			}
 		}
 		return nil
 	})
@@ -65,7 +73,15 @@ func WriteBundle(dir, out string) (err error) {
 	tw := tar.NewWriter(zw)
 	for _, p := range files {
 		rel, _ := filepath.Rel(dir, p)
-		if err := addFile(tw, p, path.Join(base, filepath.ToSlash(rel))); err != nil {
+		rel = filepath.ToSlash(rel)
+		if strings.HasPrefix(rel, "raw/") && strings.HasSuffix(rel, ".pmr") {
+			if ok, err := addColumnar(tw, p, path.Join(base, strings.TrimSuffix(rel, ".pmr")+colSuffix)); err != nil {
+				return err
+			} else if ok {
+				continue
+			}
+		}
+		if err := addFile(tw, p, path.Join(base, rel)); err != nil {
 			return err
 		}
 	}
@@ -102,6 +118,34 @@ func addFile(tw *tar.Writer, p, name string) error {
 		return fmt.Errorf("bundling %s: %w", name, err)
 	}
 	return nil
+}
+
+// addColumnar adds a raw stream in columnar form when it transposes and round-trips
+// exactly; it reports false (add the file as it is) otherwise.
+func addColumnar(tw *tar.Writer, p, name string) (bool, error) {
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		return false, err
+	}
+	col, err := encodeColumnar(raw)
+	if err != nil {
+		return false, nil
+	}
+	if back, err := decodeColumnar(col, len(raw)); err != nil || !bytes.Equal(back, raw) {
+		return false, nil
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return false, err
+	}
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(col)), ModTime: st.ModTime().Truncate(time.Second), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return false, fmt.Errorf("bundling %s: %w", name, err)
+	}
+	if _, err := tw.Write(col); err != nil {
+		return false, fmt.Errorf("bundling %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // Member is one file of a bundle, relative to the session directory.
@@ -155,6 +199,13 @@ func ReadBundle(p string) (session string, members []Member, err error) {
 		}
 		if int64(len(data)) != hdr.Size {
 			return session, members, fmt.Errorf("%w: member %s truncated", ErrBundle, name)
+		}
+		if strings.HasPrefix(rest, "raw/") && strings.HasSuffix(rest, colSuffix) {
+			raw, err := decodeColumnar(data, maxMember)
+			if err != nil {
+				return session, members, fmt.Errorf("%w: member %s: %v", ErrBundle, name, err)
+			}
+			rest, data = strings.TrimSuffix(rest, colSuffix)+".pmr", raw
 		}
 		members = append(members, Member{Name: rest, Data: data})
 	}

@@ -16,6 +16,10 @@ type SyntheticOptions struct {
 	Layers         int // MoE layers (0: dense)
 	Experts        int
 	Seed           uint64
+	// StableDurations: each kernel name has its own duration with ±2 % jitter and launches
+	// follow each other at a steady pace (as on a real GPU); otherwise durations and gaps
+	// are uniformly random (an upper bound on entropy, so a pessimistic bundle size).
+	StableDurations bool
 }
 
 // DefaultSynthetic is a mid-sized MoE serving session.
@@ -109,12 +113,22 @@ func Synthetic(o SyntheticOptions) (*Builder, int) {
 		}
 		for k := 0; k < nk; k++ {
 			name := uint32(1 + rng.IntN(len(synthKernels)))
-			cu.Add(API(corr, 11, 307, cpuT, cpuT+3_000+uint64(rng.IntN(500))))
+			adur := 3_000 + uint64(rng.IntN(500))
+			if o.StableDurations {
+				adur = 3_000 + uint64(rng.IntN(64))
+			}
+			cu.Add(API(corr, 11, 307, cpuT, cpuT+adur))
 			eb.Add(record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: cpuT + 1_000, PID: 100, TID: 11, API: 1, Phase: 1}))
 			d := uint64(5_000 + rng.IntN(60_000))
+			gap, cgap := uint64(1_000+rng.IntN(2_000)), 4_000+uint64(rng.IntN(1_000))
+			if o.StableDurations {
+				base := uint64(5_000 + 6_000*uint64(name))
+				d = base - base/50 + uint64(rng.IntN(int(base/25)+1))
+				gap, cgap = 1_500+uint64(rng.IntN(64)), 4_500+uint64(rng.IntN(64))
+			}
 			cu.Add(Kernel(corr, name, gpuT, gpuT+d))
-			gpuT += d + uint64(1_000+rng.IntN(2_000))
-			cpuT += 4_000 + uint64(rng.IntN(1_000))
+			gpuT += d + gap
+			cpuT += cgap
 			corr++
 		}
 		fe := max(cpuT+20_000, fs+100_000)
