@@ -97,3 +97,16 @@ def test_real_vllm_option2_spill(py, tmp_path):
     assert names[0] == "process_info" and names[-1] == "stream_stats"
     assert [x["op"] for x in recs if x["_name"] == "py_kv_blocks"] == [1, 2]
     assert "profilemate-trace export" in out.stderr
+
+
+@pytest.mark.parametrize("py", PYS[-1:])
+def test_moe_gpu_side_counters_with_real_torch(py):
+    script = os.path.join(os.path.dirname(DRIVER), "moe_counters.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROFILEMATE_", "VLLM_PROFILING"))}
+    env.update(PYTHONPATH=PYHOOK, PROFILEMATE_START="graph", PROFILEMATE_PYHOOK_SPILL="0")
+    out = subprocess.run([py, script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads([x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    # per-expert counts, co-selection pairs and weight histogram equal a CPU recount that
+    # ignores the padded rows; the second read-back carries only the new window's counts
+    assert r["match"] and r["total_layer0"] == 70 and r["delta_layer0"] == 6 and r["delta_layer2"] == 0
