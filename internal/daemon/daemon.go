@@ -380,11 +380,12 @@ func (d *Daemon) Processes() []Process {
 // Run discovers, serves and schedules until ctx ends, then stops every capture (rings go
 // back to dormant, bundles are written) and returns.
 func (d *Daemon) Run(ctx context.Context) error {
+	d.disc.scan() // before serving: GET /processes is complete from the first request
 	srv, err := d.listen()
 	if err != nil {
+		d.store.close()
 		return err
 	}
-	d.disc.scan()
 	d.cfg.Log.Info("daemon started", "listen", d.cfg.Listen, "bundle_dir", d.cfg.BundleDir, "every", d.cfg.Every, "window", d.cfg.Window)
 	scan := time.NewTicker(d.cfg.Scan)
 	defer scan.Stop()

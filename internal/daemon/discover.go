@@ -174,8 +174,10 @@ func hasSeedAncestor(pid int, seeds map[int]bool, ppidOf func(int) int) bool {
 	return false
 }
 
-// resolvePods fills namespace and pod name from the kubelet's pod directories, then from
-// the process's POD_NAMESPACE/POD_NAME environment.
+// resolvePods fills namespace and pod name from the kubelet's pod directories (trusted: the
+// pod UID comes from the kernel's cgroup path). Only a process whose cgroup names no pod
+// falls back to its own POD_NAMESPACE/POD_NAME environment, which it could set to anything;
+// NamespaceFrom tells the two apart.
 func (d *discovery) resolvePods(procs map[int]*Process) {
 	var idx map[string][2]string
 	for pid, p := range procs {
@@ -190,12 +192,12 @@ func (d *discovery) resolvePods(procs map[int]*Process) {
 				}
 			}
 			if v, ok := idx[p.PodUID]; ok {
-				p.Namespace, p.PodName = v[0], v[1]
-				continue
+				p.Namespace, p.PodName, p.NamespaceFrom = v[0], v[1], "kubelet"
 			}
+			continue
 		}
 		if ns, name := envNamespace(d.procRoot, pid); ns != "" {
-			p.Namespace, p.PodName = ns, name
+			p.Namespace, p.PodName, p.NamespaceFrom = ns, name, "env"
 		}
 	}
 }

@@ -400,3 +400,57 @@ func TestToken(t *testing.T) {
 		t.Errorf("client with the token: %v", err)
 	}
 }
+
+// TestSchedule: --every/--window start windows on every vLLM tree by themselves.
+func TestSchedule(t *testing.T) {
+	f := startFake(t, "solo", 0)
+	td := newTestDaemon(t, func(c *Config) { c.Every = 1500 * time.Millisecond; c.Window = 300 * time.Millisecond })
+	var got Capture
+	waitFor(t, 10*time.Second, "a scheduled capture of the fake server to finish", func() bool {
+		list, _ := td.cl.List()
+		for _, c := range list {
+			if c.Trigger == "schedule" && c.Pid == f.pid && c.State == StateDone {
+				got = c
+				return true
+			}
+		}
+		return false
+	})
+	if got.DurationSec != 0.3 || got.Records == 0 {
+		t.Errorf("scheduled capture %+v", got)
+	}
+}
+
+// TestAllowlist: with --allow-namespace, processes of other namespaces are neither listed
+// nor captured (the namespace here comes from the pod's POD_NAMESPACE, as vllm-example.yaml
+// sets it; TestPodIndexAndAllowlist covers the /var/log/pods mapping).
+func TestAllowlist(t *testing.T) {
+	in := startFake(t, "solo", 0, "POD_NAMESPACE=ml-serving", "POD_NAME=vllm-0")
+	out := startFake(t, "solo", 0, "POD_NAMESPACE=other", "POD_NAME=x")
+	none := startFake(t, "solo", 0)
+	td := newTestDaemon(t, func(c *Config) { c.Allow.Namespaces = []string{"ml-serving"} })
+	ps, _ := td.cl.Processes()
+	var listed []int
+	for _, p := range ps {
+		listed = append(listed, p.Pid)
+		if p.Namespace != "ml-serving" {
+			t.Errorf("listed outside the allowlist: %+v", p)
+		}
+	}
+	if len(listed) != 1 || listed[0] != in.pid {
+		t.Errorf("listed %v, want only %d", listed, in.pid)
+	}
+	for _, pid := range []int{out.pid, none.pid} {
+		code, _, msg := td.post(t, fmt.Sprintf(`{"pid": %d, "duration": "300ms"}`, pid))
+		if code != 403 || !strings.Contains(msg, "allowlist") {
+			t.Errorf("pid %d outside the allowlist: %d %q", pid, code, msg)
+		}
+	}
+	code, cr, msg := td.post(t, `{"selector": {"namespace": "ml-serving", "pod": "vllm-0"}, "duration": "300ms"}`)
+	if code != 202 || len(cr.Captures) != 1 || cr.Captures[0].Pid != in.pid || cr.Captures[0].Namespace != "ml-serving" {
+		t.Fatalf("selector capture: %d %+v %q", code, cr, msg)
+	}
+	if c := td.wait(t, cr.Captures[0].ID); c.State != StateDone || c.PodName != "vllm-0" {
+		t.Errorf("%+v", c)
+	}
+}

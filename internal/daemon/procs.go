@@ -36,6 +36,9 @@ type Pod struct {
 	ContainerID string `json:"container_id,omitempty"`
 	Namespace   string `json:"namespace,omitempty"`
 	PodName     string `json:"pod,omitempty"`
+	// NamespaceFrom is "kubelet" (pod UID of the cgroup path found in --pods-log-dir) or
+	// "env" (POD_NAMESPACE of a process whose cgroup names no pod: self-declared).
+	NamespaceFrom string `json:"namespace_from,omitempty"`
 }
 
 var (
