@@ -24,8 +24,11 @@ build: agent ## build bin/profilemate-trace and bin/libprofilemate.so
 agent: ## build the CUPTI agent (cupti/build/libprofilemate.so)
 	$(MAKE) -C cupti
 
-testlibs: ## build the fake libcuda and mock libcupti used by tests
+testlibs: ## build the fake libcuda, mock libcupti and e2e program used by tests
 	$(MAKE) -C cupti testlibs
+
+abi-check: ## compile the agent's declared CUPTI ABI against real CUDA 12.9 and 13.0 headers (PyPI wheels)
+	$(MAKE) -C cupti abi-check
 
 generate: ## regenerate record layouts (C/Go/Python) and eBPF objects
 	$(GO) generate ./internal/record
@@ -61,4 +64,4 @@ clean: ## remove build outputs
 	rm -rf bin $(GPU_DIST) demo-out
 	$(MAKE) -C cupti clean
 
-.PHONY: help all build agent testlibs generate test demo gpu-dist test-gpu bench-gpu fmt clean
+.PHONY: help all build agent testlibs abi-check generate test demo gpu-dist test-gpu bench-gpu fmt clean
