@@ -643,14 +643,14 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 	}
 	done := make(chan struct{})
 	go func() { // periodic work: retries, counter snapshots
-		tick := time.NewTicker(DefaultPoll)
-		defer tick.Stop()
-		var lastSnap time.Time = time.Now()
-		for {
+		ticker := time.NewTicker(DefaultPoll)
+		defer ticker.Stop()
+		lastSnap := time.Now()
+		for tick := 0; ; tick++ {
 			select {
 			case <-done:
 				return
-			case <-tick.C:
+			case <-ticker.C:
 			}
 			t.mu.Lock()
 			type code struct {
@@ -663,7 +663,9 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 					unnamed = append(unnamed, code{p.pid, a})
 				}
 				p.unnamed = nil
-				if !p.exited && (!p.attached || !p.pyReady) && p.tries < 600 {
+				// Retry what is missing every poll for the first minute, then every second
+				// (a vLLM worker may initialise CUDA minutes after it starts).
+				if !p.exited && (!p.attached || !p.pyReady) && (p.tries < 600 || tick%10 == 0) {
 					t.tryAttach(p)
 				} else if !p.exited && p.py != nil && time.Since(p.seen) < youngFor {
 					t.refreshThreads(p) // a young child may still be re-initialising after fork

@@ -519,3 +519,57 @@ func TestAttachErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAttachAtStart is the `run` path: the tracer attaches as the process starts, before
+// CPython is initialised and before libcuda is mapped, and completes the attach on its own.
+func TestAttachAtStart(t *testing.T) {
+	requirePrivileged(t)
+	py := supportedPythons(t)[0]
+	cmd := exec.Command(py, "testdata/workload.py", fmt.Sprint(steps))
+	cmd.Env = append(os.Environ(), "PM_FAKECUDA="+fakeCuda(t))
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	outp, _ := cmd.StdoutPipe()
+	tab, _ := LoadPhaseTable("")
+	tr, err := New(Config{Phases: tab, WaitForLibcuda: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { in.Close(); cmd.Process.Kill(); cmd.Wait() }()
+	if err := tr.Attach(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- tr.Run(ctx, c.sink) }()
+	w := &workload{cmd: cmd, in: in, out: bufio.NewReader(outp), pid: cmd.Process.Pid}
+	if l, err := w.out.ReadString('\n'); err != nil || !strings.HasPrefix(l, "ready") {
+		t.Fatalf("workload: %q %v", l, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := tr.Stats()
+		if len(st.Procs) == 1 && st.Procs[0].Probed && st.Procs[0].PhaseCodes == 7 {
+			t.Logf("attached after start: %+v", st.Procs[0])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("attach did not complete: %+v", st.Procs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.round(t)
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+	if d := diff(recordCounts(t, c, tab, w.pid), scaled(steps)); d != "" {
+		t.Fatalf("records differ:\n%s", d)
+	}
+}
