@@ -573,3 +573,27 @@ func TestAttachAtStart(t *testing.T) {
 		t.Fatalf("records differ:\n%s", d)
 	}
 }
+
+// TestPerfUprobeFallback: kernels without uprobe_multi get one perf-event uprobe per symbol;
+// same counts, nothing left after Close.
+func TestPerfUprobeFallback(t *testing.T) {
+	requirePrivileged(t)
+	w := startWorkload(t, supportedPythons(t)[0], fmt.Sprint(steps))
+	tab, _ := LoadPhaseTable("")
+	c, tr, _ := traceRound(t, Config{Phases: tab, NoUprobeMulti: true}, w)
+	if tr.UprobeMulti() {
+		t.Fatal("uprobe_multi used despite NoUprobeMulti")
+	}
+	if d := diff(recordCounts(t, c, tab, w.pid), scaled(steps)); d != "" {
+		t.Fatalf("records differ:\n%s", d)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := ourLinks(t); n != 0 {
+		t.Fatalf("%d links of ours left after Close", n)
+	}
+	if uprobeEventsMention(fakeCuda(t)) {
+		t.Fatal("uprobe_events still mentions the fake libcuda")
+	}
+}
