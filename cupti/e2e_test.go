@@ -447,41 +447,68 @@ func TestForkAfterInit(t *testing.T) {
 	}
 }
 
-// TestOsExit: a child leaving through _exit loses at most one flush period.
+// TestOsExit: a child leaving through _exit (as multiprocessing children leave through
+// os._exit) keeps every record: the preloaded agent interposes _exit and has its
+// thread do the final forced flush first, bounded by PROFILEMATE_EXIT_FLUSH_MS.
 func TestOsExit(t *testing.T) {
-	cs, err := ring.ListenControl(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		env  []string
+	}{
+		{"flush", nil},
+		// a forced flush that hangs (stuck GPU): _exit still leaves after the bound
+		{"hung-flush", []string{"PROFILEMATE_EXIT_FLUSH_MS=200", "MOCK_CUPTI_FORCED_FLUSH_HANG_MS=5000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs, err := ring.ListenControl(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			env := append([]string{"PROFILEMATE_START=graph", "PROFILEMATE_CONTROL_SOCKET=" + cs.Path()}, tc.env...)
+			p := start(t, baseEnv(true, env...), "oexit")
+			p.waitLine("PID", 5*time.Second)
+			var child int
+			fmt.Sscanf(p.waitLine("CHILD ", 5*time.Second), "CHILD %d", &child)
+			var r *ring.Reader
+			select {
+			case in := <-cs.Incoming():
+				r, err = ring.OpenFile(in.File)
+				if err != nil || in.Pid != child {
+					t.Fatal(err, in.Pid, child)
+				}
+				defer r.Close()
+			case <-time.After(5 * time.Second):
+				t.Fatal("no ring from the child")
+			}
+			var st, ms int
+			fmt.Sscanf(p.waitLine("CHILD_STATUS", 10*time.Second), "CHILD_STATUS %d CHILD_MS %d", &st, &ms)
+			p.waitLine("READY", 5*time.Second)
+			p.quit()
+			c := newCapture()
+			c.drain(t, r)
+			if st != 0 {
+				t.Errorf("child status %d", st)
+			}
+			if tc.name == "flush" {
+				// 5 kernels before a 600 ms pause, 3 right before _exit: all 8 arrive
+				if len(c.kernels) != 8 || len(c.sstats) != 1 || r.Header().ProducerState != ring.StateExited {
+					t.Errorf("_exit child: %d of 8 kernels, stream_stats %d, state %d", len(c.kernels), len(c.sstats),
+						r.Header().ProducerState)
+				}
+				return
+			}
+			// the bound: 600 ms of work + 200 ms, far below the 5 s hang
+			if ms > 2500 {
+				t.Errorf("_exit with a hung forced flush took the child %d ms", ms)
+			}
+			// streamed before the pause; the final flush never finished
+			if len(c.kernels) < 5 || r.Header().ProducerState != ring.StateRunning {
+				t.Errorf("hung flush: %d kernels, state %d", len(c.kernels), r.Header().ProducerState)
+			}
+			t.Logf("hung forced flush: child left after %d ms with %d of 8 kernels", ms, len(c.kernels))
+		})
 	}
-	defer cs.Close()
-	p := start(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_CONTROL_SOCKET="+cs.Path()), "oexit")
-	p.waitLine("PID", 5*time.Second)
-	var child int
-	fmt.Sscanf(p.waitLine("CHILD ", 5*time.Second), "CHILD %d", &child)
-	var r *ring.Reader
-	select {
-	case in := <-cs.Incoming():
-		r, err = ring.OpenFile(in.File)
-		if err != nil || in.Pid != child {
-			t.Fatal(err, in.Pid, child)
-		}
-		defer r.Close()
-	case <-time.After(5 * time.Second):
-		t.Fatal("no ring from the child")
-	}
-	p.waitLine("CHILD_STATUS 0", 5*time.Second)
-	p.waitLine("READY", 5*time.Second)
-	p.quit()
-	c := newCapture()
-	c.drain(t, r)
-	// 5 kernels before a 600 ms pause (4 flush periods) must be there; the 3 after it may be lost.
-	if len(c.kernels) < 5 || len(c.kernels) > 8 {
-		t.Errorf("kernels from the _exit child: %d", len(c.kernels))
-	}
-	if len(c.sstats) != 0 || r.Header().ProducerState != ring.StateRunning {
-		t.Errorf("_exit ran exit handlers? stream_stats %d state %d", len(c.sstats), r.Header().ProducerState)
-	}
-	t.Logf("_exit child: %d of 8 kernels kept", len(c.kernels))
 }
 
 // TestSigterm: SIGTERM (default action, or a handler that calls exit) ends the
@@ -769,8 +796,8 @@ func TestPythonSpawn(t *testing.T) {
 		}
 	}
 	p.quit()
-	if st := readers[forkChild].Header().ProducerState; st != ring.StateRunning {
-		t.Errorf("fork child (os._exit) state %d: exit handlers must not have run", st)
+	if st := readers[forkChild].Header().ProducerState; st != ring.StateExited {
+		t.Errorf("fork child (os._exit) state %d: the _exit interposition must have flushed", st)
 	}
 	for who, want := range map[int][2]int{pid: {12, 2}, child: {4, 1}, forkChild: {4, 1}} {
 		r := readers[who]
@@ -783,7 +810,7 @@ func TestPythonSpawn(t *testing.T) {
 		for _, m := range c.memcpys {
 			bytes += m.Bytes
 		}
-		if len(c.kernels) != want[0] || len(c.graphs) != want[1] || who != forkChild && r.Header().ProducerState != ring.StateExited {
+		if len(c.kernels) != want[0] || len(c.graphs) != want[1] || r.Header().ProducerState != ring.StateExited {
 			t.Errorf("pid %d: kernels %d graphs %d state %d", who, len(c.kernels), len(c.graphs), r.Header().ProducerState)
 		}
 		if who == pid {

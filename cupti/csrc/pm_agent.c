@@ -1241,22 +1241,20 @@ static void *pm_thread_main(void *arg)
 	return NULL;
 }
 
-static void pm_atexit(void)
+/* Asks the agent thread for the final forced flush (convert, stream_stats, state
+ * exited) and waits at most exit_flush_ms: exit never hangs on CUPTI. The calling
+ * thread makes no CUPTI call and takes no lock of ours beyond tmu (timed), so this
+ * is bounded even when it runs from a signal handler that interrupted one of our
+ * buffer callbacks (the agent thread then times out waiting, not this one). */
+static int pm_final_request(void)
 {
-	if (G.poisoned || G.pid != getpid() || !G.have_ring)
-		return;
-	if (!G.thread_started) {
-		final_flush();
-		return;
-	}
-	/* Ask the agent thread for a forced flush and wait at most exit_flush_ms:
-	 * exit never hangs on CUPTI. */
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	uint64_t t = (uint64_t)ts.tv_nsec + (uint64_t)C.exit_flush_ms * 1000000ull;
 	ts.tv_sec += (time_t)(t / 1000000000ull);
 	ts.tv_nsec = (long)(t % 1000000000ull);
-	pthread_mutex_lock(&G.tmu);
+	if (pthread_mutex_timedlock(&G.tmu, &ts) != 0)
+		return 0;
 	G.final_req = 1;
 	pthread_cond_broadcast(&G.tcv);
 	while (!G.final_done) {
@@ -1265,9 +1263,59 @@ static void pm_atexit(void)
 	}
 	int done = G.final_done;
 	pthread_mutex_unlock(&G.tmu);
-	if (!done)
+	return done;
+}
+
+/* 1 when the agent is collecting in *this* process (not a fork child, not passive,
+ * not failed, not already finished). Cheap and lock-free: _exit calls it first. */
+static int pm_active_here(void)
+{
+	return !G.poisoned && G.have_ring && G.pid == (pid_t)syscall(SYS_getpid) &&
+	       __atomic_load_n(&G.running, __ATOMIC_ACQUIRE) && !__atomic_load_n(&G.final_done, __ATOMIC_ACQUIRE);
+}
+
+static void pm_atexit(void)
+{
+	if (G.poisoned || G.pid != getpid() || !G.have_ring)
+		return;
+	if (!G.thread_started) {
+		final_flush();
+		return;
+	}
+	if (!pm_final_request())
 		pm_dbg("exit flush did not finish within %u ms; leaving", C.exit_flush_ms);
 }
+
+/* _exit/_Exit interposition (LD_PRELOAD only; as an injection-only library these
+ * exports are not in the global scope and never called). Python's os._exit — how
+ * multiprocessing children leave — runs no exit handler, so without this a
+ * short-lived child loses everything since the last flush period. Only when the
+ * agent collects in this very process (not a vfork/fork child: pid checked by
+ * syscall; not poisoned; not passive) and its thread exists, the thread is asked for
+ * the final forced flush, bounded by PROFILEMATE_EXIT_FLUSH_MS; then the real
+ * function runs. Never recursive (guard), never a CUPTI call on the caller's thread.
+ * glibc's own exit() reaches _exit internally (not through this symbol), after our
+ * atexit handler already did the same work. */
+static void (*pm_real_exit)(int);
+static void (*pm_real_Exit)(int);
+static int pm_exit_guard;
+
+static __attribute__((noreturn)) void pm_exit_common(int status, void (*real)(int))
+{
+	if (pm_active_here() && G.thread_started && !__atomic_exchange_n(&pm_exit_guard, 1, __ATOMIC_ACQ_REL)) {
+		int saved = errno;
+		if (!pm_final_request())
+			pm_dbg("_exit flush did not finish within %u ms; leaving", C.exit_flush_ms);
+		errno = saved;
+	}
+	if (real)
+		real(status);
+	for (;;)
+		syscall(SYS_exit_group, status);
+}
+
+PM_EXPORT __attribute__((noreturn)) void _exit(int status) { pm_exit_common(status, pm_real_exit); }
+PM_EXPORT __attribute__((noreturn)) void _Exit(int status) { pm_exit_common(status, pm_real_Exit); }
 
 static void pm_atfork_child(void)
 {
@@ -1692,6 +1740,13 @@ PM_EXPORT pm_CUptiResult cuptiActivityRegisterCallbacks(pm_buf_request_fn req, p
 /* LD_PRELOAD constructor: only arm the injection variables; no CUDA, no thread. */
 __attribute__((constructor)) static void pm_preload_ctor(void)
 {
+	/* Resolved here, never on the exit path (no dlsym in a vfork child or a signal handler). */
+	*(void **)(&pm_real_exit) = dlsym(RTLD_NEXT, "_exit");
+	*(void **)(&pm_real_Exit) = dlsym(RTLD_NEXT, "_Exit");
+	if (pm_real_exit == _exit)
+		pm_real_exit = NULL;
+	if (pm_real_Exit == _Exit)
+		pm_real_Exit = NULL;
 	if (getenv("CUDA_INJECTION64_PATH"))
 		return; /* another tool, or libcuda loading us by that variable: touch nothing */
 	Dl_info di;

@@ -295,6 +295,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (!strcmp(sc, "oexit")) { /* child leaves through _exit, as multiprocessing children do */
+		uint64_t t0 = now_ns();
 		pid_t c = fork();
 		if (c == 0) {
 			setup();
@@ -306,7 +307,7 @@ int main(int argc, char **argv)
 		printf("CHILD %d\n", (int)c);
 		int st;
 		waitpid(c, &st, 0);
-		printf("CHILD_STATUS %d\n", st);
+		printf("CHILD_STATUS %d CHILD_MS %llu\n", st, (unsigned long long)((now_ns() - t0) / 1000000));
 		wait_quit();
 		return 0;
 	}

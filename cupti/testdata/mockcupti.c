@@ -13,7 +13,8 @@
  * (subscribe returns 39 naming <holder>), MOCK_CUPTI_GARBAGE=N (after every N
  * records insert a record of an unknown kind), MOCK_CUPTI_DROPS=N (report N
  * CUPTI-side dropped records once), MOCK_CUPTI_NO_TSCB=1 (the timestamp callback is refused,
- * as on WSL), MOCK_CUPTI_LOG=1 (trace calls to stderr).
+ * as on WSL), MOCK_CUPTI_FORCED_FLUSH_HANG_MS=N (a forced flush sleeps N ms first, as one
+ * waiting on a stuck GPU would), MOCK_CUPTI_LOG=1 (trace calls to stderr).
  *
  * Private hook for fakecuda.c: mockcupti_event(const struct mock_event *).
  */
@@ -501,7 +502,9 @@ EXPORT CUptiResult cuptiActivityEnableRuntimeApi(uint32_t cbid, uint8_t en)
 
 EXPORT CUptiResult cuptiActivityFlushAll(uint32_t flag)
 {
-	(void)flag;
+	const char *hang = getenv("MOCK_CUPTI_FORCED_FLUSH_HANG_MS");
+	if ((flag & 1) && hang && *hang)
+		usleep((useconds_t)strtoul(hang, NULL, 10) * 1000);
 	pthread_mutex_lock(&mu);
 	if (cur_buf && cur_used)
 		complete_locked();
