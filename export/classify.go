@@ -129,6 +129,9 @@ func (c *Classifier) Category(raw string) string { return c.class(raw).cat }
 func (g *gpuItem) category(c *Classifier) string {
 	switch g.kind {
 	case kindKernel:
+		if g.cat != "" {
+			return g.cat
+		}
 		return c.class(g.name).cat
 	case kindGraph:
 		return CatGraph

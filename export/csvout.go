@@ -65,6 +65,39 @@ func (r *rowBuf) fixed(v float64, prec int) *rowBuf {
 	return r
 }
 
+// sec writes a CLOCK_MONOTONIC time as seconds since start with 6 decimals (as f6).
+func (r *rowBuf) sec(ns, start uint64) *rowBuf {
+	r.sep()
+	d := int64(ns - start)
+	if ns < start {
+		r.t.body = append(r.t.body, '-')
+		d = int64(start - ns)
+	}
+	u := (d + 500) / 1000
+	r.t.body = strconv.AppendInt(r.t.body, u/1e6, 10)
+	r.t.body = append(r.t.body, '.')
+	r.t.body = appendPadded(r.t.body, u%1e6, 6)
+	return r
+}
+
+// us writes nanoseconds as microseconds with 3 decimals (as us).
+func (r *rowBuf) us(ns uint64) *rowBuf {
+	r.sep()
+	r.t.body = strconv.AppendUint(r.t.body, ns/1000, 10)
+	r.t.body = append(r.t.body, '.')
+	r.t.body = appendPadded(r.t.body, int64(ns%1000), 3)
+	return r
+}
+
+func appendPadded(b []byte, v int64, width int) []byte {
+	var tmp [20]byte
+	d := strconv.AppendInt(tmp[:0], v, 10)
+	for i := len(d); i < width; i++ {
+		b = append(b, '0')
+	}
+	return append(b, d...)
+}
+
 // end finishes the row; a row with the wrong number of cells is a bug.
 func (r *rowBuf) end() {
 	if r.cells != len(r.t.header) {

@@ -423,7 +423,7 @@ func launchTables(s *Session) []output {
 				fn = fn[:i]
 			}
 			rb := t.row()
-			rb.fixed(s.Sec(l.TsNS), 6).int(int64(l.PID)).int(int64(l.TID)).int(int64(l.API)).str(ph).str(fn)
+			rb.sec(l.TsNS, s.StartNs).int(int64(l.PID)).int(int64(l.TID)).int(int64(l.API)).str(ph).str(fn)
 			p := j.procs[int(l.PID)]
 			ai := int32(-1)
 			if p != nil {
@@ -444,7 +444,7 @@ func launchTables(s *Session) []output {
 			g := &p.gpu[first]
 			name := ""
 			if g.kind == kindKernel {
-				name = j.classes.class(g.name).short
+				name = g.short
 			} else if g.kind == kindGraph {
 				name = "graph " + strconv.Itoa(int(g.graphID))
 			}
@@ -467,9 +467,9 @@ func launchTables(s *Session) []output {
 			case kindMemset:
 				a.m++
 			}
-			rb.str(kindNames[g.kind]).str(name).fixed(s.Sec(gstart), 6).fixed(float64(dur)/1e3, 3)
+			rb.str(kindNames[g.kind]).str(name).sec(gstart, s.StartNs).us(dur)
 			if gstart > l.TsNS {
-				rb.fixed(float64(gstart-l.TsNS)/1e3, 3)
+				rb.us(gstart - l.TsNS)
 			} else {
 				rb.str("")
 			}

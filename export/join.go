@@ -62,6 +62,7 @@ type gpuItem struct {
 	kind       uint8
 	copyKind   uint8
 	name       string // raw kernel name
+	short, cat string // short demangled name and category (kernels; set by the join)
 	step       int32  // index into procIndex.fwd of the forward pass that launched it, -1 none
 	api        int32  // index into procIndex.apis, -1 none
 }
@@ -321,6 +322,17 @@ func (j *join) index(p *procIndex) {
 		}
 	}
 	// Graph replays take the descriptor recorded on the launching thread for that step.
+	var last string
+	var lastClass kernelClass
+	for i := range p.gpu {
+		g := &p.gpu[i]
+		if g.kind == kindKernel {
+			if g.name != last || i == 0 {
+				last, lastClass = g.name, j.classes.class(g.name)
+			}
+			g.short, g.cat = lastClass.short, lastClass.cat
+		}
+	}
 	for i := range p.gpu {
 		g := &p.gpu[i]
 		if g.kind != kindGraph || g.api < 0 {
