@@ -225,8 +225,9 @@ func TestSIGTERMCleanup(t *testing.T) {
 func TestKill9Target(t *testing.T) {
 	const orphan = 2 * time.Second
 	f := startFake(t, "server", 2, fmt.Sprintf("PROFILEMATE_ORPHAN_TIMEOUT=%g", orphan.Seconds()))
+	before, haveTracefs := uprobeEvents(t)
 	dir := shortTemp(t, "pmk9")
-	dp := startDaemonProc(t, dir, "--no-ebpf")
+	dp := startDaemonProc(t, dir)
 	caps, err := dp.cl.Start(CaptureRequest{Pid: f.pid, Duration: json.RawMessage(`"60s"`)})
 	if err != nil || len(caps) != 1 {
 		t.Fatalf("start: %v %v", caps, err)
@@ -262,6 +263,11 @@ func TestKill9Target(t *testing.T) {
 		}
 		if w2[pid] > w1[pid]+2 {
 			t.Errorf("pid %d: still collecting %.1f s after its tracer died (%d -> %d records)", pid, time.Since(killed).Seconds(), w1[pid], w2[pid])
+		}
+	}
+	if haveTracefs {
+		if after, _ := uprobeEvents(t); after != before {
+			t.Errorf("uprobe_events changed after kill -9:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 	}
 	// The agent says why it stopped: a control_change with reason orphan.
