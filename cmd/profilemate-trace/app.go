@@ -68,7 +68,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "verbose", EnvVars: []string{"VLLM_PROFILING_VERBOSE"}, Usage: "log progress and details to stderr"},
 		},
-		Commands:       []*cli.Command{runCommand(), exportCommand(), daemonCommand(), captureCommand(), capturesCommand(), reportCommand()},
+		Commands:       []*cli.Command{runCommand(), attachCommand(), exportCommand(), reportCommand(), doctorCommand(), daemonCommand(), captureCommand(), capturesCommand()},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}
 }
@@ -99,7 +99,7 @@ the bundle are written. The command's exit code is passed through.
 
 Environment: VLLM_PROFILING_DIR (session base), VLLM_PROFILING_VERBOSE=1 (progress),
 VLLM_PROFILING_LOG_INTERVAL=N (progress every N GPU launches, at most once a second).`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			detailFlag(),
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"VLLM_PROFILING_DIR"}, Usage: "session base directory (default /tmp/vllm_profiling)"},
 			&cli.StringFlag{Name: "agent", EnvVars: []string{"PROFILEMATE_AGENT"}, Usage: "path of libprofilemate.so (default: next to this binary, then lib/)"},
@@ -108,7 +108,7 @@ VLLM_PROFILING_LOG_INTERVAL=N (progress every N GPU launches, at most once a sec
 			&cli.BoolFlag{Name: "no-pyhook", Usage: "do not put the Python hook on PYTHONPATH"},
 			&cli.BoolFlag{Name: "no-bundle", Usage: "write the session directory only, no .tar.zst"},
 			&cli.IntFlag{Name: "log-interval", EnvVars: []string{"VLLM_PROFILING_LOG_INTERVAL"}, Value: 100, Usage: "with --verbose, print progress every N GPU launches"},
-		},
+		}, ebpfFlags()...),
 		Action: func(c *cli.Context) error {
 			d, err := ring.ParseDetail(c.String("detail"))
 			if err != nil {
@@ -128,6 +128,7 @@ VLLM_PROFILING_LOG_INTERVAL=N (progress every N GPU launches, at most once a sec
 			if !c.Bool("no-pyhook") {
 				cfg.PyHook = findBeside(c.String("pyhook"), "pyhook", "../pyhook", "../share/profilemate/pyhook")
 			}
+			cfg.Extra = ebpfExtra(c, cfg.Log, true)
 			res, err := capture.Run(context.Background(), cfg)
 			if res != nil {
 				summarize(res)
@@ -177,7 +178,8 @@ func summarize(res *capture.Result) {
 	for _, s := range res.Streams {
 		recs += s.Records
 	}
-	fmt.Fprintf(os.Stderr, "profilemate-trace: session %s (%d streams, %d records", res.SessionDir, len(res.Streams), recs)
+	raw, _ := filepath.Glob(filepath.Join(res.SessionDir, "raw", "*.pmr"))
+	fmt.Fprintf(os.Stderr, "profilemate-trace: session %s (%d raw streams; %d agent and hook records", res.SessionDir, len(raw), recs)
 	if res.Drops.Total > 0 {
 		fmt.Fprintf(os.Stderr, ", %d DROPPED: see metadata.json drops", res.Drops.Total)
 	}

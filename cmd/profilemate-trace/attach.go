@@ -24,16 +24,15 @@ detach. Without it, attach says so once and records what eBPF alone sees. Ctrl-C
 ends the capture; the session is written as with run.
 
 Exit codes: 0 done; 2 usage; 3 setup (permissions, output directory); 4 no such process.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "pid", Aliases: []string{"p"}, Required: true, Usage: "process to attach to (its descendants are included)"},
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 60s); default: until Ctrl-C or the process exits"},
 			detailFlag(),
 			&cli.UintFlag{Name: "sample-every", Usage: "kernel detail for one step in N only (0 = every step), to keep a long capture cheap"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"VLLM_PROFILING_DIR"}, Usage: "session base directory (default /tmp/vllm_profiling)"},
 			&cli.BoolFlag{Name: "no-bundle", Usage: "write the session directory only, no .tar.zst"},
-			&cli.BoolFlag{Name: "no-ebpf", Usage: "do not load eBPF probes (GPU records and the hook's records only)"},
 			&cli.IntFlag{Name: "log-interval", EnvVars: []string{"VLLM_PROFILING_LOG_INTERVAL"}, Value: 100, Usage: "with --verbose, print progress every N GPU launches"},
-		},
+		}, ebpfFlags()...),
 		Action: func(c *cli.Context) error {
 			d, err := ring.ParseDetail(c.String("detail"))
 			if err != nil {
@@ -49,9 +48,7 @@ Exit codes: 0 done; 2 usage; 3 setup (permissions, output directory); 4 no such 
 				SampleEvery: uint32(c.Uint("sample-every")), NoBundle: c.Bool("no-bundle"), Verbose: c.Bool("verbose"),
 				LogInterval: c.Int("log-interval"), Log: logger(c),
 			}
-			if !c.Bool("no-ebpf") {
-				cfg.Extra = ebpfExtra(c)
-			}
+			cfg.Extra = ebpfExtra(c, cfg.Log, false)
 			res, err := capture.Attach(ctx, cfg)
 			if res != nil {
 				summarize(res)

@@ -99,7 +99,7 @@ See docs/kubernetes.md.`,
 				}
 			}
 			if !c.Bool("no-ebpf") {
-				cfg.Extra = ebpfExtra(c)
+				cfg.Extra = ebpfExtra(c, daemonLogger(c), false)
 			}
 			d, err := daemon.New(cfg)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/profilemate/profilemate-trace/export"
 )
@@ -97,5 +98,64 @@ func TestRunEndToEndWithAgent(t *testing.T) {
 				t.Errorf("gpu_kernels.csv: %v\n%s", err, b)
 			}
 		})
+	}
+}
+
+// `run` with eBPF on a CPython program whose vLLM-shaped phases launch through a fake
+// libcuda: every launch lands in the session with its phase. Needs root (CI runs as root).
+func TestRunWithEBPFPhases(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("test requires root; CI runs as root, so this is a failure")
+		}
+		t.Skip("test requires root")
+	}
+	root, _ := filepath.Abs("../..")
+	lib := filepath.Join(t.TempDir(), "libcuda.so.1")
+	if out, err := exec.Command("cc", "-O0", "-fno-omit-frame-pointer", "-fcf-protection=none", "-fPIC", "-shared",
+		"-Wl,-soname,libcuda.so.1", "-o", lib, filepath.Join(root, "bpf/testdata/fakecuda.c"), "-ldl", "-lpthread").CombinedOutput(); err != nil {
+		t.Fatalf("building the fake libcuda: %v\n%s", err, out)
+	}
+	t.Setenv("PM_FAKECUDA", lib)
+	// The workload waits for "go" on stdin: give the tracer time to find libcuda first.
+	r, w, _ := os.Pipe()
+	old := os.Stdin
+	os.Stdin = r
+	defer func() { os.Stdin = old }()
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		w.Write([]byte("go\n"))
+		time.Sleep(500 * time.Millisecond)
+		w.Close()
+	}()
+	base := t.TempDir()
+	if code := run([]string{"profilemate-trace", "run", "--no-agent", "--no-pyhook", "--no-bundle", "-o", base, "--",
+		"python3", filepath.Join(root, "tracer/testdata/workload.py"), "4"}); code != 0 {
+		t.Fatalf("run exited %d", code)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(base, "session_*"))
+	s, err := export.Load(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	launches := map[string]int{}
+	phaseName := map[uint16]string{}
+	for _, st := range s.Streams {
+		for _, d := range st.PhaseDefs {
+			name, _, _ := strings.Cut(string(d.Name), "\t")
+			phaseName[d.Phase] = name
+		}
+		for _, l := range st.Launches {
+			launches[phaseName[l.Phase]]++
+		}
+	}
+	// Per step (workload.py): schedule 2 copies, prepare_inputs 3 memsets, execute_model 5+1+1,
+	// sampler 2+2 (one in a thread), sample_tokens 1 copy, update 1, and 1 launch outside.
+	want := map[string]int{"scheduler.schedule": 8, "runner.prepare_inputs": 12, "runner.execute_model": 28,
+		"sampler.forward": 16, "runner.sample_tokens": 4, "scheduler.update": 4, "": 4}
+	for k, v := range want {
+		if launches[k] != v {
+			t.Errorf("phase %q: %d launches, want %d (all: %v)", k, launches[k], v, launches)
+		}
 	}
 }

@@ -37,8 +37,12 @@ type AttachConfig struct {
 	Mode string
 	// Extra, when set, is started with the session and stopped before outputs are written
 	// (the eBPF tracer). It writes its own raw streams through create.
-	Extra func(ctx context.Context, pid int, create func(name string) (io.WriteCloser, error)) (stop func() error, err error)
+	Extra Extra
 }
+
+// Extra is a further source started beside the ring collector for the process tree of pid
+// (the eBPF tracer); it writes its own raw streams through create, and stop ends it.
+type Extra func(ctx context.Context, pid int, create func(name string) (io.WriteCloser, error)) (stop func() error, err error)
 
 // Attach joins a running process tree: every dormant agent and hook ring found in it is
 // switched on at cfg.Detail, drained into a session, and switched back to dormant at the end.

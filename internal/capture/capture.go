@@ -58,6 +58,8 @@ type RunConfig struct {
 	LogInterval int
 	Log         *slog.Logger
 	Stderr      io.Writer
+	// Extra (the eBPF tracer) is started on the command's pid right after launch.
+	Extra Extra
 }
 
 // Result summarises a finished capture.
@@ -147,6 +149,16 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	col.Watch(cmd.Process.Pid)
 	runCtx, stop := context.WithCancel(ctx)
+	var stopExtra func() error
+	if cfg.Extra != nil {
+		create := func(name string) (io.WriteCloser, error) { return sess.Create(filepath.Join("raw", name)) }
+		var err error
+		if stopExtra, err = cfg.Extra(runCtx, cmd.Process.Pid, create); err != nil {
+			msg := "eBPF attribution off: " + err.Error()
+			fmt.Fprintln(cfg.Stderr, "profilemate-trace: "+msg)
+			md.Warnings = append(md.Warnings, msg)
+		}
+	}
 	done := make(chan struct{})
 	go func() { col.Run(runCtx, sock); close(done) }()
 
@@ -182,6 +194,11 @@ loop:
 	}
 	stop()
 	<-done
+	if stopExtra != nil {
+		if err := stopExtra(); err != nil {
+			md.Warnings = append(md.Warnings, "eBPF: "+err.Error())
+		}
+	}
 	res := &Result{SessionDir: sess.Path, ExitCode: exitCode(waitErr, cmd)}
 	if interrupts >= 2 || ctx.Err() != nil {
 		res.ExitCode = 130
