@@ -145,20 +145,22 @@ func (s *store) create(c *Capture) (string, error) {
 	if err := s.root.Mkdir(c.ID, 0o700); err != nil {
 		return "", err
 	}
-	s.caps[c.ID] = c
-	if err := s.writeLocked(c); err != nil {
+	cp := *c // the caller keeps changing c; the index holds its own copy
+	s.caps[c.ID] = &cp
+	if err := s.writeLocked(&cp); err != nil {
 		return "", err
 	}
 	return s.dir + "/" + c.ID, nil
 }
 
-// update stores a changed capture.
+// update stores a copy of a changed capture.
 func (s *store) update(c *Capture) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c.DiskBytes = s.du(c.ID)
-	s.caps[c.ID] = c
-	return s.writeLocked(c)
+	cp := *c
+	cp.DiskBytes = s.du(c.ID)
+	s.caps[c.ID] = &cp
+	return s.writeLocked(&cp)
 }
 
 func (s *store) writeLocked(c *Capture) error {
