@@ -149,6 +149,8 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 	}
 	col.Watch(cmd.Process.Pid)
 	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { col.Run(runCtx, sock); close(done) }()
 	var stopExtra func() error
 	if cfg.Extra != nil {
 		create := func(name string) (io.WriteCloser, error) { return sess.Create(filepath.Join("raw", name)) }
@@ -159,8 +161,6 @@ func Run(ctx context.Context, cfg RunConfig) (*Result, error) {
 			md.Warnings = append(md.Warnings, msg)
 		}
 	}
-	done := make(chan struct{})
-	go func() { col.Run(runCtx, sock); close(done) }()
 
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()

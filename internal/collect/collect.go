@@ -217,6 +217,21 @@ func (c *Collector) Run(ctx context.Context, sock *ring.ControlSocket) {
 	for {
 		select {
 		case <-ctx.Done():
+			// Rings handed over just before the end (a process that lived a few ms) are
+			// still queued on the socket: take them, or their records would be lost.
+			for incoming != nil {
+				select {
+				case in, ok := <-incoming:
+					if !ok {
+						return
+					}
+					if err := c.Add(in.Pid, in.Source, in.File, "socket"); err != nil {
+						c.opts.Log.Warn("taking over a ring", "pid", in.Pid, "source", in.Source, "err", err)
+					}
+				default:
+					return
+				}
+			}
 			return
 		case in, ok := <-incoming:
 			if !ok {
