@@ -48,7 +48,7 @@ gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scri
 	cp $(BIN) cupti/build/libprofilemate.so $(GPU_DIST)/
 	cp -r pyhook $(GPU_DIST)/pyhook
 	[ -d cupti/gpu ] && cp -r cupti/gpu $(GPU_DIST)/cupti-gpu || true
-	[ -d bpf/gpu ] && cp -r bpf/gpu $(GPU_DIST)/bpf-gpu || true
+	sh bpf/gpu/build-bundle.sh $(GPU_DIST)/ebpf
 	cp scripts/gpu/* $(GPU_DIST)/
 
 test-gpu: ## on a GPU machine: real CUDA/CUPTI tests against torch.profiler (needs `make gpu-dist` output in .gpu/)

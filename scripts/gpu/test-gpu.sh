@@ -14,4 +14,11 @@ for lvl in graph nodes; do
     $PY "$D/workload.py" --expect "expect-$lvl.json" || { echo "traced run ($lvl) failed"; exit 1; }
 done
 $PY "$D/compare.py" expect-graph.json expect-nodes.json torchprof.json sess-graph/session_*/ sess-nodes/session_*/ "$D/pyhook" | tee compare.md
-exit ${PIPESTATUS[0]}
+rc=${PIPESTATUS[0]}
+# eBPF on real libcuda and torch: vLLM-shaped phases must get exactly their launches.
+if [ -x "$D/ebpf/tracer/tracer.test" ]; then
+  (cd "$D/ebpf/tracer" && PROFILEMATE_GPU=1 PROFILEMATE_GPU_DIR="$D/ebpf/bpf/gpu" PROFILEMATE_GPU_PYTHON=$(command -v $PY) \
+    PROFILEMATE_FAKECUDA="$D/ebpf/bpf/testdata/libcuda.so.1" ./tracer.test -test.run TestGPUPhases -test.v) 2>&1 | tee ebpf-gpu.txt
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
+exit $rc
