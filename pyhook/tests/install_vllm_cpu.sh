@@ -44,7 +44,7 @@ for w in "${want[@]}"; do
   reqs+=("${line:-$w}")
 done
 "$PIP" install -q "${reqs[@]}" 2>&1 | grep -v -E "requires|dependency resolver|incompatible" >&2 || true
-CHECK="import vllm.v1.core.sched.scheduler, vllm.v1.core.kv_cache_manager, vllm.v1.cudagraph_dispatcher, vllm.v1.engine.core"
+CHECK="import vllm.v1.core.sched.scheduler, vllm.v1.core.kv_cache_manager, vllm.v1.cudagraph_dispatcher, vllm.v1.engine.core, vllm.model_executor.models.llama"
 for i in $(seq 1 40); do
   err=$("$VENV/bin/python" -c "$CHECK" 2>&1 >/dev/null || true)
   m=$(printf '%s' "$err" | grep -oP "No module named '\K[^'.]+" | grep -v '^vllm$' | tail -1 || true)

@@ -132,7 +132,13 @@ def install_v1_dispatcher(p, mod):
             if rt.ON and p.on and not getattr(TL, "in_det", False):
                 try:
                     if isinstance(r, tuple) and len(r) >= 2:
-                        _emit(r[0], r[1], a[0] if a else kw.get("num_tokens", 0), 2, False)
+                        # 2026: dispatch(num_tokens, ...); 2025: dispatch(batch_descriptor) -> (mode, desc|None)
+                        arg = a[0] if a else kw.get("num_tokens", kw.get("batch_descriptor"))
+                        desc = r[1]
+                        if desc is None and not isinstance(arg, int):
+                            desc = arg
+                        nreal = arg if isinstance(arg, int) else getattr(arg, "num_tokens", 0)
+                        _emit(r[0], desc, nreal, 2, False)
                 except Exception as e:
                     p.fail(e)
             return r

@@ -30,6 +30,15 @@ def tiny_model_dir():
     return d
 
 
+def _params(f):
+    import inspect
+
+    try:
+        return set(inspect.signature(f).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching):
     import torch
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
@@ -46,14 +55,18 @@ def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching):
     cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
                              cache_config=cache_config, device_config=DeviceConfig(device="cpu"))
+    spec_kw = dict(block_size=block_size, num_kv_heads=1, head_size=8, dtype=torch.float32)
+    if "use_mla" in _params(FullAttentionSpec):  # vLLM <= late 2025
+        spec_kw["use_mla"] = False
     kv_cache_config = KVCacheConfig(
         num_blocks=num_blocks, kv_cache_tensors=[],
-        kv_cache_groups=[KVCacheGroupSpec(["layer.0"], FullAttentionSpec(block_size=block_size, num_kv_heads=1,
-                                                                         head_size=8, dtype=torch.float32))])
+        kv_cache_groups=[KVCacheGroupSpec(["layer.0"], FullAttentionSpec(**spec_kw))])
     cache_config.num_gpu_blocks = num_blocks
-    s = Scheduler(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
-                  structured_output_manager=StructuredOutputManager(vllm_config), block_size=block_size,
-                  log_stats=True)
+    kw = dict(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
+              structured_output_manager=StructuredOutputManager(vllm_config), log_stats=True)
+    if "block_size" in _params(Scheduler.__init__):  # added in 2026
+        kw["block_size"] = block_size
+    s = Scheduler(**kw)
     return vllm_config, s
 
 
@@ -63,8 +76,13 @@ def make_request(i, n_prompt, max_tokens):
 
     sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     kw = {}
+    if "eos_token_id" in _params(Request.__init__):  # vLLM <= 2025
+        kw["eos_token_id"] = 2
     try:
-        from vllm.utils.hashing import sha256
+        try:
+            from vllm.utils.hashing import sha256
+        except ImportError:  # vLLM 2025
+            from vllm.utils import sha256
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 
         init_none_hash(sha256)
@@ -76,10 +94,15 @@ def make_request(i, n_prompt, max_tokens):
 
 def drive():
     from vllm.v1.engine import EngineCoreEventType
+    import dataclasses
+
     from vllm.v1.outputs import ModelRunnerOutput
 
-    rt.RING.read_available()
+    MRO_FIELDS = {f.name for f in dataclasses.fields(ModelRunnerOutput)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
     vllm_config, s = build(num_blocks=12, block_size=16, max_tokens=64, max_seqs=4, prefix_caching=True)
+    # (the BlockPool's py_kv_config record was written during build: keep it)
     reqs = [make_request(i, 40 + 8 * i, 24) for i in range(4)]
     for r in reqs:
         s.add_request(r)
@@ -95,8 +118,11 @@ def drive():
         for rid in ids:
             req = s.requests[rid]
             sampled.append([5] if req.num_computed_tokens >= req.num_tokens else [])
-        mro = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                                sampled_token_ids=sampled)
+        mro_kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
+            if opt in MRO_FIELDS:  # required fields in vLLM 2025
+                mro_kw[opt] = val
+        mro = ModelRunnerOutput(**mro_kw)
         outs = s.update_from_output(so, mro)
         stats = None
         for eco in outs.values():
@@ -113,25 +139,34 @@ def drive():
 
 
 def dispatcher(vllm_config):
-    from vllm.config.compilation import CompilationMode, CUDAGraphMode
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.forward_context import BatchDescriptor
     from vllm.v1.cudagraph_dispatcher import CudagraphDispatcher
 
     cc = vllm_config.compilation_config
     cc.cudagraph_capture_sizes = [1, 2, 4, 8]
     cc.max_cudagraph_capture_size = 8
     try:
-        cc.post_init_cudagraph_sizes()
-    except Exception:
+        from vllm.config.compilation import CompilationMode
+
+        cc.mode = CompilationMode.NONE
+    except ImportError:  # vLLM 2025: CompilationLevel; FULL needs no piecewise compilation
         pass
-    cc.mode = CompilationMode.NONE
     cc.cudagraph_mode = CUDAGraphMode.FULL
     d = CudagraphDispatcher(vllm_config)
     d.initialize_cudagraph_keys(CUDAGraphMode.FULL, uniform_decode_query_len=1)
+    old_api = "batch_descriptor" in _params(d.dispatch)  # 2025: dispatch(BatchDescriptor) on padded sizes
     rt.RING.read_available()
     got = []
     for n, uni in ((3, True), (8, True), (5, False), (20, True)):
-        mode, desc = d.dispatch(n, uniform_decode=uni)
-        got.append((int(mode.value), desc.num_tokens, desc.num_reqs, repr(desc)))
+        if old_api:
+            pad = next((c for c in (1, 2, 4, 8) if c >= n), n)
+            mode, desc = d.dispatch(BatchDescriptor(num_tokens=pad, uniform_decode=uni))
+            if desc is None:
+                desc = BatchDescriptor(num_tokens=pad, uniform_decode=uni)
+        else:
+            mode, desc = d.dispatch(n, uniform_decode=uni)
+        got.append((int(mode.value), desc.num_tokens, getattr(desc, "num_reqs", None), repr(desc)))
     recs = [r for r in decode(rt.RING.read_available()) if r["_name"] == "py_graph_dispatch"]
     return got, recs
 
@@ -190,6 +225,11 @@ def main():
     out["dispatch_vllm"] = got
     out["dispatch_hook"] = [(r["runtime_mode"], r["num_tokens"], r["num_reqs"], r["desc"].decode()) for r in drecs]
     out["patches"] = {p.name: p.status for p in rt._patches}
+    from vllm.v1.core.block_pool import BlockPool
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    out["has_preempt_request"] = hasattr(Scheduler, "_preempt_request")
+    out["touch_signature"] = str(__import__("inspect").signature(BlockPool.touch))
     print("RESULT " + json.dumps(out, default=str))
 
 
