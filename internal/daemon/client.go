@@ -145,3 +145,21 @@ func (c *Client) Download(id, path string) (int64, error) {
 	}
 	return n, err
 }
+
+// Stop ends a running capture now.
+func (c *Client) Stop(id string) error {
+	resp, err := c.do("POST", "/captures/"+id+"/stop", nil)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Delete removes a finished capture.
+func (c *Client) Delete(id string) error {
+	resp, err := c.do("DELETE", "/captures/"+id, nil)
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}

@@ -30,7 +30,7 @@ type Daemon struct {
 	attach func(context.Context, capture.AttachConfig) (*capture.Result, error)
 
 	mu        sync.Mutex
-	active    map[string]int // capture id → root pid
+	active    map[string]*running // by capture id
 	closing   bool
 	wg        sync.WaitGroup
 	capCtx    context.Context
@@ -50,10 +50,17 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	m := newMetrics()
 	d := &Daemon{cfg: cfg, m: m, disc: newDiscovery(&cfg, m), store: st, attach: capture.Attach,
-		active: map[string]int{}, started: time.Now()}
+		active: map[string]*running{}, started: time.Now()}
 	d.capCtx, d.capStop = context.WithCancel(context.Background())
 	st.enforce(cfg.RetainSize, cfg.RetainAge, time.Now(), m)
 	return d, nil
+}
+
+// running is a capture in progress.
+type running struct {
+	root    int
+	cancel  context.CancelFunc
+	stopped atomic.Pointer[time.Time] // set by Stop
 }
 
 // Request asks for captures of one process tree (Pid) or of every vLLM tree matching a
@@ -143,8 +150,8 @@ func (d *Daemon) Start(req Request) ([]Capture, error) {
 	// collectors on one ring would interleave control words and split its records.
 	tree := readTree(d.cfg.ProcRoot)
 	busy := map[int]string{}
-	for id, root := range d.active {
-		for _, p := range tree.descendants(root) {
+	for id, r := range d.active {
+		for _, p := range tree.descendants(r.root) {
 			busy[p] = id
 		}
 	}
@@ -172,10 +179,12 @@ func (d *Daemon) Start(req Request) ([]Capture, error) {
 			d.m.attachFailures.WithLabelValues("bundle_dir").Inc()
 			return out, apiErr(500, "creating the capture directory: %v", err)
 		}
-		d.active[c.ID] = t.Pid
+		ctx, cancel := context.WithCancel(d.capCtx)
+		r := &running{root: t.Pid, cancel: cancel}
+		d.active[c.ID] = r
 		d.m.running.Inc()
 		d.wg.Add(1)
-		go d.run(c, dir, req)
+		go d.run(ctx, r, c, dir, req)
 		out = append(out, *c)
 	}
 	return out, nil
@@ -216,8 +225,9 @@ func short(s string) string {
 }
 
 // run performs one capture and records its outcome.
-func (d *Daemon) run(c *Capture, dir string, req Request) {
+func (d *Daemon) run(ctx context.Context, r *running, c *Capture, dir string, req Request) {
 	defer d.wg.Done()
+	defer r.cancel()
 	log := d.cfg.Log.With("capture", c.ID, "pid", c.Pid)
 	log.Info("capture started", "duration", req.Duration, "detail", c.Detail, "trigger", c.Trigger)
 	lw := &lineLogger{log: log}
@@ -228,7 +238,7 @@ func (d *Daemon) run(c *Capture, dir string, req Request) {
 	}
 	started := time.Now()
 	deadline := started.Add(req.Duration)
-	res, err := d.attach(d.capCtx, cfg)
+	res, err := d.attach(ctx, cfg)
 	end := time.Now()
 	lw.flush()
 	// The window ended at its deadline, or when the daemon was told to stop; a tree that
@@ -237,6 +247,9 @@ func (d *Daemon) run(c *Capture, dir string, req Request) {
 	switch {
 	case !end.Before(deadline):
 		stopAt = deadline
+	case r.stopped.Load() != nil:
+		stopAt = *r.stopped.Load()
+		c.Note = fmt.Sprintf("stopped on request after %.1f s of %.1f s", stopAt.Sub(started).Seconds(), req.Duration.Seconds())
 	case d.stoppedAt.Load() != nil:
 		stopAt = *d.stoppedAt.Load()
 	}
@@ -362,14 +375,49 @@ func (l *lineLogger) flush() {
 
 var _ io.Writer = (*lineLogger)(nil)
 
+// Stop ends a running capture now; its bundle is written as for a window that ended.
+func (d *Daemon) Stop(id string) error {
+	d.mu.Lock()
+	r, ok := d.active[id]
+	d.mu.Unlock()
+	if !ok {
+		if _, known := d.store.get(id); known {
+			return apiErr(409, "capture %s is not running", id)
+		}
+		return apiErr(404, "no capture %s", id)
+	}
+	now := time.Now()
+	r.stopped.CompareAndSwap(nil, &now)
+	r.cancel()
+	return nil
+}
+
+// Delete removes a finished capture and its files.
+func (d *Daemon) Delete(id string) error {
+	d.mu.Lock()
+	_, running := d.active[id]
+	d.mu.Unlock()
+	if running {
+		return apiErr(409, "capture %s is running; stop it first (POST /captures/%s/stop)", id, id)
+	}
+	if _, ok := d.store.get(id); !ok {
+		return apiErr(404, "no capture %s", id)
+	}
+	if err := d.store.remove(id); err != nil {
+		return apiErr(500, "removing capture %s: %v", id, err)
+	}
+	d.store.enforce(d.cfg.RetainSize, d.cfg.RetainAge, time.Now(), d.m)
+	return nil
+}
+
 // Processes returns the allowed vLLM processes of the last scan, with running captures.
 func (d *Daemon) Processes() []Process {
 	ps := d.disc.snapshot()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := range ps {
-		for id, root := range d.active {
-			if ps[i].Root == root || ps[i].Pid == root {
+		for id, r := range d.active {
+			if ps[i].Root == r.root || ps[i].Pid == r.root {
 				ps[i].Capture = id
 			}
 		}

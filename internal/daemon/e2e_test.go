@@ -199,6 +199,17 @@ func TestConcurrentTriggers(t *testing.T) {
 	if code != 409 {
 		t.Errorf("a worker of the busy tree: %d %q, want 409", code, msg)
 	}
+	resp, err := td.raw("GET", "/captures/"+ids[0]+"/bundle", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 409 {
+		t.Errorf("bundle of a running capture: %d, want 409", resp.StatusCode)
+	}
+	if err := td.cl.Delete(ids[0]); err == nil || !strings.Contains(err.Error(), "stop it first") {
+		t.Errorf("delete of a running capture: %v", err)
+	}
 	c := td.wait(t, ids[0])
 	if c.State != StateDone {
 		t.Fatalf("the capture that ran: %+v", c)
@@ -346,6 +357,9 @@ func TestBadInput(t *testing.T) {
 		{"GET", "/captures/c20261127t101500-1a2b3c4d", nil, "", 404},
 		{"GET", "/captures/c20261127t101500-1a2b3c4d/bundle", nil, "", 404},
 		{"GET", "/captures/..%2F..%2F..%2Fetc%2Fpasswd/bundle", nil, "", 400},
+		{"DELETE", "/captures/..%2f..%2fescaped", nil, "", 400},
+		{"DELETE", "/captures/c20261127t101500-1a2b3c4d", nil, "", 404},
+		{"POST", "/captures/c20261127t101500-1a2b3c4d/stop", nil, "", 404},
 		{"DELETE", "/captures", nil, "", 405},
 		{"POST", "/captures", map[string]string{"Content-Type": "text/plain"}, `{"pid": 1}`, 415},
 		{"GET", "/nope", nil, "", 404},

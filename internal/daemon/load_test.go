@@ -101,8 +101,8 @@ func TestLoadSequential(t *testing.T) {
 	}
 }
 
-// TestLoadTwentyProcesses: 20 traced processes at once (20 concurrent captures) finish,
-// and nothing is left behind.
+// TestLoadTwentyProcesses: 20 traced processes at once (20 concurrent captures, each
+// stopped on request) finish, and nothing is left behind.
 func TestLoadTwentyProcesses(t *testing.T) {
 	const n = 20
 	var fakes []*fakeTree
@@ -123,7 +123,7 @@ func TestLoadTwentyProcesses(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			t0 := time.Now()
-			c := td.capture(t, fmt.Sprintf(`{"pid": %d, "duration": "3s"}`, f.pid))
+			c := td.capture(t, fmt.Sprintf(`{"pid": %d, "duration": "2m"}`, f.pid))
 			mu.Lock()
 			post = append(post, time.Since(t0).Seconds())
 			ids = append(ids, c.ID)
@@ -132,30 +132,42 @@ func TestLoadTwentyProcesses(t *testing.T) {
 	}
 	wg.Wait()
 	t.Logf("LOAD 20 processes: POST /captures latency p50 %.3f s max %.3f s", pct(post, 50), pct(post, 100))
-	time.Sleep(1500 * time.Millisecond)
+	if running := td.metric(t, "profilemate_daemon_captures_running"); running != n {
+		t.Errorf("captures_running = %v, want %d", running, n)
+	}
+	for _, f := range fakes {
+		p := f.rings()[f.pid]
+		waitFor(t, 10*time.Second, fmt.Sprintf("pid %d enabled", f.pid), func() bool { return ringHeader(t, p).ControlEnable == 1 })
+	}
+	cpu0 := snapshot().cpu
+	time.Sleep(3 * time.Second) // steady state: 20 streams drained every 100 ms
 	peak := snapshot()
-	running := td.metric(t, "profilemate_daemon_captures_running")
+	steadyCPU := (peak.cpu - cpu0).Seconds() / 3
+	stop := time.Now()
+	for _, id := range ids {
+		if err := td.cl.Stop(id); err != nil {
+			t.Fatalf("stop %s: %v", id, err)
+		}
+	}
 	var records uint64
 	var s2b []float64
 	for _, id := range ids {
 		c := td.wait(t, id)
-		if c.State != StateDone || c.Records == 0 {
+		if c.State != StateDone || c.Records == 0 || !strings.Contains(c.Note, "stopped on request") {
 			t.Errorf("capture %+v", c)
 		}
 		records += c.Records
 		s2b = append(s2b, c.StopToBundleSec)
 	}
+	allDone := time.Since(stop)
 	wall := time.Since(start)
 	td.http.CloseIdleConnections()
 	after := settle(base)
-	t.Logf("LOAD 20 processes: %d concurrent 3 s captures (%v running mid-window) done in %.1f s; stop-to-bundle p50 %.3f s max %.3f s; %d records",
-		len(ids), running, wall.Seconds(), pct(s2b, 50), pct(s2b, 100), records)
+	t.Logf("LOAD 20 processes: %d concurrent captures; daemon CPU in steady state %.2f cores; stop of all to all bundles written %.2f s; stop-to-bundle p50 %.3f s max %.3f s; %d records",
+		len(ids), steadyCPU, allDone.Seconds(), pct(s2b, 50), pct(s2b, 100), records)
 	t.Logf("LOAD 20 processes: mid-window fds %d goroutines %d heap %.1f MiB RSS %.1f MiB; after: fds %d -> %d, goroutines %d -> %d, heap %.1f -> %.1f MiB; daemon CPU %.2f s over %.1f s",
 		peak.fds, peak.goroutines, float64(peak.heap)/mib, float64(peak.rss)/mib, base.fds, after.fds, base.goroutines, after.goroutines,
 		float64(base.heap)/mib, float64(after.heap)/mib, (after.cpu - base.cpu).Seconds(), wall.Seconds())
-	if running != n {
-		t.Errorf("captures_running mid-window = %v, want %d", running, n)
-	}
 	if after.fds > base.fds || after.goroutines > base.goroutines {
 		t.Errorf("leak after 20 concurrent captures: fds %d -> %d, goroutines %d -> %d", base.fds, after.fds, base.goroutines, after.goroutines)
 	}
@@ -165,6 +177,19 @@ func TestLoadTwentyProcesses(t *testing.T) {
 				t.Errorf("pid %d left enabled", pid)
 			}
 		}
+	}
+	// Finished captures can be deleted; running ones and unknown ids are refused.
+	if err := td.cl.Stop(ids[0]); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("stop of a finished capture: %v", err)
+	}
+	if err := td.cl.Delete(ids[0]); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+	if _, err := td.cl.Get(ids[0]); err == nil {
+		t.Errorf("deleted capture still listed")
+	}
+	if err := td.cl.Delete(ids[0]); err == nil {
+		t.Errorf("second delete succeeded")
 	}
 }
 

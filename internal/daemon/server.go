@@ -56,6 +56,8 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /captures", d.handleList)
 	mux.HandleFunc("GET /captures/{id}", d.handleGet)
 	mux.HandleFunc("GET /captures/{id}/bundle", d.handleBundle)
+	mux.HandleFunc("POST /captures/{id}/stop", d.handleStop)
+	mux.HandleFunc("DELETE /captures/{id}", d.handleDelete)
 	mux.HandleFunc("GET /processes", d.handleProcesses)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", d.metricsHandler())
@@ -65,7 +67,7 @@ func (d *Daemon) Handler() http.Handler {
 			writeErr(w, apiErr(405, "%s is not allowed on %s", r.Method, p))
 			return
 		}
-		writeErr(w, apiErr(404, "no such endpoint %s %s; the API is POST /captures, GET /captures, GET /captures/{id}, GET /captures/{id}/bundle, GET /processes, GET /metrics, GET /healthz", r.Method, r.URL.Path))
+		writeErr(w, apiErr(404, "no such endpoint %s %s; the API is POST /captures, GET /captures, GET /captures/{id}, GET /captures/{id}/bundle, POST /captures/{id}/stop, DELETE /captures/{id}, GET /processes, GET /metrics, GET /healthz", r.Method, r.URL.Path))
 	})
 	var h http.Handler = mux
 	if d.cfg.Token != "" {
@@ -285,6 +287,30 @@ func (d *Daemon) handleBundle(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/zstd")
 	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", c.Bundle))
 	http.ServeContent(w, r, c.Bundle, st.ModTime(), f)
+}
+
+func (d *Daemon) handleStop(w http.ResponseWriter, r *http.Request) {
+	id, ok := d.captureID(w, r)
+	if !ok {
+		return
+	}
+	if err := d.Stop(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 202, map[string]string{"stopping": id})
+}
+
+func (d *Daemon) handleDelete(w http.ResponseWriter, r *http.Request) {
+	id, ok := d.captureID(w, r)
+	if !ok {
+		return
+	}
+	if err := d.Delete(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, map[string]string{"deleted": id})
 }
 
 func (d *Daemon) handleProcesses(w http.ResponseWriter, r *http.Request) {

@@ -234,6 +234,20 @@ func (s *store) removeDir(id, name string) error {
 	return s.root.RemoveAll(id + "/" + name)
 }
 
+// remove deletes one capture's directory and index entry.
+func (s *store) remove(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !ValidID(id) {
+		return fmt.Errorf("invalid capture id %q", id)
+	}
+	if err := s.root.RemoveAll(id); err != nil {
+		return err
+	}
+	delete(s.caps, id)
+	return nil
+}
+
 // du sums the sizes of the files of one capture directory.
 func (s *store) du(id string) int64 {
 	var n int64

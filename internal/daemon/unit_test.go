@@ -79,6 +79,9 @@ func TestParseCgroup(t *testing.T) {
 		{"0::/system.slice/docker-" + strings.Repeat("12", 32) + ".scope\n", "", strings.Repeat("12", 32)},
 		{"0::/kubepods/pod1b2c3d4e-aaaa-bbbb-cccc-0123456789ab/crio-" + strings.Repeat("cd", 32) + "\n", "1b2c3d4e-aaaa-bbbb-cccc-0123456789ab", strings.Repeat("cd", 32)},
 		{"0::/user.slice/user-0.slice/session-1.scope\n", "", ""},
+		// seen from the daemon's own cgroup namespace (a private one by default on cgroup v2)
+		{"0::/../../kubepods-besteffort.slice/kubepods-besteffort-pod1b2c3d4e_aaaa_bbbb_cccc_0123456789ab.slice/cri-containerd-" + strings.Repeat("ef", 32) + ".scope\n",
+			"1b2c3d4e-aaaa-bbbb-cccc-0123456789ab", strings.Repeat("ef", 32)},
 	} {
 		p := parseCgroup([]byte(tc.in))
 		if p.PodUID != tc.uid || p.ContainerID != tc.cid {
