@@ -113,3 +113,32 @@ def test_breakable_capture(hook):
         w()
     (c,) = hook.drain({"py_graph_capture"})
     assert c["source"] == 2 and c["runtime_mode"] == 2 and c["num_tokens"] == 8
+
+
+def test_v2_piecewise_capture_pieces_not_double_counted(hook):
+    """V2 captures PIECEWISE descriptors by running CUDAGraphWrapper pieces inside the
+    create_forward_fn call: one source-3 record per descriptor, none per piece."""
+    import vllm.compilation.cuda_graph as cg
+    from profilemate_trace import runtime as rt
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.forward_context import BatchDescriptor, set_forward_context
+    from vllm.v1.worker.gpu.cudagraph_utils import BatchExecutionDescriptor, ModelCudaGraphManager
+
+    p = [x for x in rt._patches if x.name == "cudagraph.capture"][0]
+    # the wrapper was removed after an earlier capture_model; reinstall it for this check
+    from profilemate_trace.patches import cudagraph as pc
+    pc.install_wrapper(p, cg)
+    p.on = True
+    piece = cg.CUDAGraphWrapper(lambda: 1, None, CUDAGraphMode.PIECEWISE)
+
+    def model(desc, mode):
+        with set_forward_context(None, None, cudagraph_runtime_mode=mode, batch_descriptor=BatchDescriptor(8)):
+            return piece()
+
+    m = ModelCudaGraphManager()
+    m.capture_descs = [BatchExecutionDescriptor(CUDAGraphMode.PIECEWISE, 8, None)]
+    hook.drain()
+    m.capture(model)
+    caps = hook.drain({"py_graph_capture"})
+    pc.capture_finished()
+    assert [(c["source"], c["runtime_mode"], c["num_tokens"]) for c in caps] == [(3, 1, 8)]

@@ -48,3 +48,19 @@ def test_missing_target_reported_unavailable(hook):
     p2 = base.Patch("broken", "m", None, lambda p, m: 1 / 0)
     base._install(p2, mod)
     assert p2.status == 2 and "ZeroDivisionError" in p2.reason
+
+
+def test_dormant_hook_records_nothing(hook):
+    from profilemate_trace import runtime as rt
+    from vllm.v1.core.block_pool import BlockPool
+
+    hook.drain()
+    rt.ON = False
+    try:
+        pool = BlockPool(6, False, 16)
+        b = pool.get_new_blocks(2)
+        pool.free_blocks(b)
+        assert pool.get_num_free_blocks() == 5
+    finally:
+        rt.ON = True
+    assert hook.drain() == []

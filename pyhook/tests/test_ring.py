@@ -109,3 +109,19 @@ def test_fork_child_gets_own_ring():
     assert c["pid"] != d["parent_pid"] and c["ring_pid"] == c["pid"] and not c["same"]
     assert c["link"] == "/memfd:profilemate-pyhook (deleted)"
     assert c["n"] > 0
+
+
+def test_walk_consumer_equals_chunk_consumer():
+    """The in-process chunked drain and a record-walking consumer (what a tracer does) agree."""
+    a, b = mk(4096), mk(4096)
+    out_a, out_b = [], []
+    for i in range(300):
+        r = rec(30 + i % 23, i % 200)
+        a.write(r)
+        b.write(r)
+        if i % 11 == 10:
+            out_a += decode(a.read_available())
+            out_b += decode(b.read_available_walk())
+    out_a += decode(a.read_available())
+    out_b += decode(b.read_available_walk())
+    assert [x["ts_ns"] for x in out_a] == [x["ts_ns"] for x in out_b] == [i % 200 for i in range(300)]

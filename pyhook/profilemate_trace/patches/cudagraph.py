@@ -236,8 +236,13 @@ def _wrap_cff(p, cff):
             m = mode_val(x[0]) if x else 255
             if warm and m != 1:  # warmup run in eager mode: not a capture
                 return fn(*x, **y)
+            old = getattr(TL, "in_v2_capture", False)
+            TL.in_v2_capture = True  # pieces captured inside are part of this record
             t0 = _mono()
-            r = fn(*x, **y)
+            try:
+                r = fn(*x, **y)
+            finally:
+                TL.in_v2_capture = old
             t1 = _mono()
             try:
                 nt, nr, nl, _u, _m, flags, rb, dmode = desc_info(desc)
@@ -292,7 +297,7 @@ def install_wrapper(p, mod):
                         cap = e is None or getattr(e, "cudagraph", None) is None
             except Exception as e:
                 p.fail(e)
-            if not cap:
+            if not cap or getattr(TL, "in_v2_capture", False):
                 return orig(self, *a, **kw)
             t0 = _mono()
             r = orig(self, *a, **kw)

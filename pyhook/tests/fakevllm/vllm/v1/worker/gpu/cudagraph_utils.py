@@ -30,10 +30,23 @@ class CudaGraphManager:
         return BatchExecutionDescriptor(CUDAGraphMode.NONE, num_tokens, None)
 
     def capture(self, create_forward_fn, progress_bar_desc="Capturing CUDA graphs"):
-        for s in self.sizes[:2]:
-            desc = BatchExecutionDescriptor(CUDAGraphMode.FULL, s, s, 1)
-            fn = create_forward_fn(desc, warmup=True)
-            fn(CUDAGraphMode.NONE)
-            fn = create_forward_fn(desc, warmup=False)
-            fn(CUDAGraphMode.NONE)
-            self.graphs[desc] = object()
+        descs = getattr(self, "capture_descs", None) or [
+            BatchExecutionDescriptor(CUDAGraphMode.FULL, s, s, 1) for s in self.sizes[:2]]
+        for desc in descs:
+            forward_fn = create_forward_fn(desc, warmup=True)
+            forward_fn(CUDAGraphMode.NONE)  # warmup
+            if desc.cg_mode == CUDAGraphMode.PIECEWISE:
+                forward_fn(CUDAGraphMode.PIECEWISE)  # pieces capture through CUDAGraphWrapper
+            else:
+                forward_fn = create_forward_fn(desc, warmup=False)
+                forward_fn(CUDAGraphMode.NONE)  # inside torch.cuda.graph(...) in vLLM
+                self.graphs[desc] = object()
+
+
+class ModelCudaGraphManager(CudaGraphManager):
+    def capture(self, model, model_state=None, input_buffers=None, *args, progress_bar_desc="x", **kwargs):
+        def create_forward_fn(desc, warmup=False):
+            def fwd(mode):
+                return model(desc, mode)
+            return fwd
+        super().capture(create_forward_fn, progress_bar_desc)
