@@ -355,7 +355,11 @@ def _loop():
     hb_seen = 0
     spill_every = max(0.02, CFG.SPILL_INTERVAL_MS / 1000.0)
     next_spill = time.monotonic() + spill_every
+    status_at = time.monotonic() + 2.0
     while not _stop.wait(0.05):
+        if status_at and time.monotonic() >= status_at:
+            status_at = 0
+            _status_line()
         r = RING
         if r is None:
             continue
@@ -558,6 +562,19 @@ def _finish_session():
         except Exception as e:
             log("'%s export %s' failed: %r" % (exe, d, e))
     log("raw hook streams in %s/raw; write the ProfileMate files with: profilemate-trace export %s" % (d, d))
+
+
+def _status_line():
+    """Once per process, 2 s after the hook started (off the critical path): the startup
+    line's follow-up naming patches whose target is missing in this vLLM (always), or the
+    whole patch summary with VLLM_PROFILING_VERBOSE=1."""
+    try:
+        bad = ["%s (%s)" % (p.name, p.reason) for p in _patches if p.status in (2, 4)]
+        if bad or (CFG is not None and CFG.VERBOSE):
+            n = sum(1 for p in _patches if p.status == 1)
+            log("pid %d: %d patches installed%s" % (os.getpid(), n, "; unavailable: " + "; ".join(bad) if bad else ""))
+    except Exception:
+        pass
 
 
 def register_patch(p):

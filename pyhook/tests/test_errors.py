@@ -64,3 +64,18 @@ def test_dormant_hook_records_nothing(hook):
     finally:
         rt.ON = True
     assert hook.drain() == []
+
+
+def test_status_line_names_unavailable_patches(hook, capfd):
+    from profilemate_trace import runtime as rt
+    from profilemate_trace.patches import base
+
+    p = base.Patch("x.renamed", "m", None, None)
+    p.status, p.reason = 2, "Scheduler has no schedule"
+    rt._patches.append(p)
+    try:
+        rt._status_line()
+    finally:
+        rt._patches.remove(p)
+    err = capfd.readouterr().err
+    assert "unavailable: x.renamed (Scheduler has no schedule)" in err and "patches installed" in err
