@@ -46,7 +46,7 @@ or periodically (--every 30m --window 60s). Bundles go to --bundle-dir (0700; fi
 are removed oldest first beyond --retain-size or --retain-age. Metrics: GET /metrics.
 SIGTERM ends every capture (rings go back to dormant, bundles are written) and exits.
 See docs/kubernetes.md.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			daemonFlagListen(),
 			&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"PROFILEMATE_METRICS_LISTEN"}, Usage: "extra listener serving only /metrics and /healthz (e.g. 0.0.0.0:9464 for Prometheus; no token needed)"},
 			tokenFileFlag(),
@@ -67,10 +67,9 @@ See docs/kubernetes.md.`,
 			&cli.StringSliceFlag{Name: "allow-cgroup", EnvVars: []string{"PROFILEMATE_ALLOW_CGROUP"}, Usage: "only processes whose cgroup path contains one of these"},
 			&cli.StringFlag{Name: "pods-log-dir", EnvVars: []string{"PROFILEMATE_PODS_LOG_DIR"}, Value: daemon.DefaultPodsLogDir, Usage: "the kubelet's pod log directory (maps pod UIDs to namespaces)"},
 			&cli.BoolFlag{Name: "any-process", EnvVars: []string{"PROFILEMATE_ANY_PROCESS"}, Usage: "allow captures of processes not recognised as vLLM"},
-			&cli.BoolFlag{Name: "no-ebpf", EnvVars: []string{"PROFILEMATE_NO_EBPF"}, Usage: "do not load eBPF probes (agent and hook records only)"},
 			&cli.DurationFlag{Name: "shutdown-timeout", EnvVars: []string{"PROFILEMATE_SHUTDOWN_TIMEOUT"}, Value: daemon.DefaultShutdownTimeout, Usage: "on SIGTERM, how long to wait for bundles of captures cut short"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"PROFILEMATE_LOG_FORMAT"}, Value: "text", Usage: "log format: text or json"},
-		},
+		}, ebpfFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return &capture.Error{Code: exitUsage, Err: errors.New("daemon takes no arguments")}
@@ -311,6 +310,8 @@ func capturesCommand() *cli.Command {
 		ArgsUsage: "[ID]",
 		Flags: append(clientFlags(),
 			&cli.BoolFlag{Name: "processes", Usage: "list the vLLM processes the daemon found instead"},
+			&cli.StringFlag{Name: "stop", Usage: "end the running capture with this id now (its bundle is written)"},
+			&cli.StringFlag{Name: "delete", Usage: "remove the finished capture with this id and its files"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "with ID: download its bundle here"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		),
@@ -321,6 +322,20 @@ func capturesCommand() *cli.Command {
 			}
 			enc := json.NewEncoder(os.Stdout)
 			enc.SetIndent("", "  ")
+			if id := c.String("stop"); id != "" {
+				if err := cl.Stop(id); err != nil {
+					return clientErr(err)
+				}
+				fmt.Fprintf(os.Stderr, "profilemate-trace: stopping %s; its bundle is being written\n", id)
+				return nil
+			}
+			if id := c.String("delete"); id != "" {
+				if err := cl.Delete(id); err != nil {
+					return clientErr(err)
+				}
+				fmt.Fprintf(os.Stderr, "profilemate-trace: deleted %s\n", id)
+				return nil
+			}
 			if c.Bool("processes") {
 				ps, err := cl.Processes()
 				if err != nil {

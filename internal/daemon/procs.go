@@ -162,19 +162,37 @@ func readNsPid(procRoot string, pid int) int {
 	return 0
 }
 
-// looksVllm says whether comm/cmdline name vLLM: `vllm serve`, `python -m
-// vllm.entrypoints…`, and the process titles vLLM sets (VLLM::EngineCore, VLLM::Worker…).
+// looksVllm says whether comm/cmdline name a vLLM server: the process titles vLLM sets
+// (VLLM::EngineCore, VLLM::Worker…), the `vllm` console script (`vllm serve`, run as
+// "python3 /usr/local/bin/vllm serve …"), `python -m vllm.…`, or a python script whose name
+// contains vllm. A shell or pip whose arguments mention vllm is not one.
 func looksVllm(comm string, cmdline []string) bool {
-	if strings.HasPrefix(comm, "VLLM::") || strings.HasPrefix(strings.ToLower(comm), "vllm") {
+	if strings.HasPrefix(comm, "VLLM::") {
 		return true
 	}
-	for i, a := range cmdline {
-		if i > 8 {
-			break
-		}
-		l := strings.ToLower(a)
-		if strings.Contains(l, "vllm") {
-			return true
+	if len(cmdline) == 0 {
+		return false
+	}
+	exe := filepath.Base(cmdline[0])
+	if exe == "vllm" || strings.HasPrefix(exe, "VLLM::") {
+		return true
+	}
+	if !strings.HasPrefix(exe, "python") {
+		return false
+	}
+	for i := 1; i < len(cmdline) && i < 8; i++ {
+		a := cmdline[i]
+		switch {
+		case a == "-m" && i+1 < len(cmdline):
+			return cmdline[i+1] == "vllm" || strings.HasPrefix(cmdline[i+1], "vllm.")
+		case a == "-c":
+			return false
+		case a == "-X" || a == "-W": // options with a separate argument
+			i++
+		case strings.HasPrefix(a, "-"):
+			continue
+		default: // the script
+			return strings.Contains(strings.ToLower(filepath.Base(a)), "vllm")
 		}
 	}
 	return false

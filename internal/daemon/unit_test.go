@@ -133,8 +133,15 @@ func TestLooksVllm(t *testing.T) {
 		{"python3", []string{"python3", "-m", "vllm.entrypoints.openai.api_server"}, true},
 		{"VLLM::EngineCor", nil, true},
 		{"VLLM::Worker_TP", nil, true},
+		{"python3", []string{"/usr/bin/python3", "-u", "/opt/fake_vllm.py", "--role", "solo"}, true},
+		{"vllm", []string{"/usr/local/bin/vllm", "serve", "m"}, true},
 		{"python3", []string{"python3", "train.py"}, false},
-		{"bash", []string{"bash"}, false},
+		{"python3", []string{"python3", "-m", "pip", "install", "vllm"}, false},
+		{"pip", []string{"/usr/bin/python3", "/usr/bin/pip", "install", "vllm"}, false},
+		{"bash", []string{"bash", "-c", "vllm serve m"}, false},
+		{"python3", []string{"python3", "-c", "import vllm"}, false},
+		{"grep", []string{"grep", "vllm"}, false},
+		{"python3", []string{"python3", "-X", "faulthandler", "-m", "vllm.entrypoints.openai.api_server"}, true},
 	} {
 		if got := looksVllm(tc.comm, tc.cmd); got != tc.ok {
 			t.Errorf("looksVllm(%q, %q) = %v", tc.comm, tc.cmd, got)
