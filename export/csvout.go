@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -114,21 +115,24 @@ func (t *table) write(dir string) error {
 	if err != nil {
 		return err
 	}
+	if err := t.writeTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (t *table) writeTo(f io.Writer) error {
 	w := bufio.NewWriterSize(f, 256<<10)
 	writeRow(w, t.header)
 	for _, r := range t.rows {
 		if len(r) != len(t.header) {
-			f.Close()
 			return fmt.Errorf("%s: row has %d cells, header %d", t.name, len(r), len(t.header))
 		}
 		writeRow(w, r)
 	}
 	w.Write(t.body)
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return w.Flush()
 }
 
 // writeRow writes one CSV record as encoding/csv does (RFC 4180, "\n" line ends): a field

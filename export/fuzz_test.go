@@ -15,9 +15,16 @@ import (
 
 // everything runs every derived output of a session (files, report, trace) in memory.
 func everything(t testing.TB, s *Session) {
-	dir := t.TempDir()
 	for _, o := range outputs(s) {
-		if err := o.write(dir); err != nil {
+		var err error
+		switch x := o.(type) {
+		case *table:
+			err = x.writeTo(io.Discard)
+		case *blob:
+			_ = x.data
+		case subdirOutput:
+		}
+		if err != nil {
 			t.Fatalf("%s: %v", o.fileName(), err)
 		}
 	}

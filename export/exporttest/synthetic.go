@@ -61,7 +61,8 @@ func Synthetic(o SyntheticOptions) (*Builder, int) {
 	for step := 1; step <= o.Steps; step++ {
 		prefill := o.PrefillEvery > 0 && step%o.PrefillEvery == 1
 		// scheduler
-		tok := uint32(8 << rng.IntN(6))
+		size := rng.IntN(6)
+		tok := uint32(8 << size)
 		phase := uint32(2)
 		if prefill {
 			tok, phase = 2048, 1
@@ -106,7 +107,7 @@ func Synthetic(o SyntheticOptions) (*Builder, int) {
 			cu.Add(API(corr, 11, 514, cpuT, cpuT+8_000))
 			eb.Add(record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: cpuT + 2_000, PID: 100, TID: 11, API: 5, Phase: 1}))
 			d := uint64(3_000_000 + rng.IntN(400_000))
-			cu.Add(Graph(corr, uint32(1+rng.IntN(6)), gpuT, gpuT+d))
+			cu.Add(Graph(corr, uint32(1+size), gpuT, gpuT+d)) // one graph per captured size
 			gpuT += d + 2_000
 			corr++
 			cpuT += 10_000
