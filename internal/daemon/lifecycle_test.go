@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
+
 	"github.com/profilemate/profilemate-trace/export"
 	"github.com/profilemate/profilemate-trace/internal/record"
 	"github.com/profilemate/profilemate-trace/internal/ring"
@@ -123,6 +125,31 @@ func probeFds(pid int) (perf, bpf int) {
 	return perf, bpf
 }
 
+// kernelProbes counts the BPF uprobe links in the whole kernel that filter on one of pids
+// (uprobe_multi links carry the pid; the tracer attaches one per traced process).
+func kernelProbes(t *testing.T, pids map[int]string) int {
+	var it link.Iterator
+	defer it.Close()
+	n := 0
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil || info.Type != link.UprobeMultiType {
+			continue
+		}
+		if um := info.UprobeMulti(); um != nil {
+			if pid, ok := um.Pid(); ok {
+				if _, ours := pids[int(pid)]; ours {
+					n++
+				}
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("listing the kernel's BPF links: %v", err)
+	}
+	return n
+}
+
 func allEnabled(t testing.TB, rings map[int]string) bool {
 	for _, p := range rings {
 		if ringHeader(t, p).ControlEnable != 1 {
@@ -154,7 +181,12 @@ func TestSIGTERMCleanup(t *testing.T) {
 	rings := f.rings()
 	waitFor(t, 10*time.Second, "every ring enabled", func() bool { return allEnabled(t, rings) })
 	perf, bpf := probeFds(dp.cmd.Process.Pid)
-	t.Logf("during the capture the daemon holds %d perf-event and %d BPF descriptors", perf, bpf)
+	var probes int
+	waitFor(t, 5*time.Second, "uprobes on the targets (or none: a build without eBPF)", func() bool {
+		probes = kernelProbes(t, rings)
+		return probes >= len(rings) || bpf == 0
+	})
+	t.Logf("during the capture the daemon holds %d perf-event and %d BPF descriptors; the kernel has %d uprobe_multi links on the targets", perf, bpf, probes)
 	time.Sleep(500 * time.Millisecond)
 	t0 := time.Now()
 	dp.cmd.Process.Signal(syscall.SIGTERM)
@@ -217,6 +249,9 @@ func TestSIGTERMCleanup(t *testing.T) {
 			t.Errorf("uprobe_events changed:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 	}
+	if n := kernelProbes(t, rings); n != 0 {
+		t.Errorf("%d uprobe links on the targets left in the kernel after SIGTERM", n)
+	}
 }
 
 // TestKill9Target: kill -9 of the daemon mid-capture leaves the targets running; their
@@ -246,9 +281,14 @@ func TestKill9Target(t *testing.T) {
 	for pid := range rings {
 		beats0[pid] = f.beats(pid)
 	}
+	probes := kernelProbes(t, rings)
 	killed := time.Now()
 	dp.cmd.Process.Signal(syscall.SIGKILL)
 	<-dp.exited
+	if n := kernelProbes(t, rings); n != 0 {
+		t.Errorf("%d uprobe links on the targets left after kill -9 (%d before)", n, probes)
+	}
+	t.Logf("uprobe_multi links on the targets: %d before kill -9, 0 after", probes)
 	// The agents go dormant after the orphan timeout.
 	time.Sleep(orphan + time.Second)
 	w1 := written(t, rings)
