@@ -61,7 +61,12 @@ func golden(t testing.TB) string {
 	eb.Add(record.AppendEbpfPhaseDef(nil, &record.EbpfPhaseDef{Phase: 1, Name: []byte("forward\tGPUModelRunner.execute_model\t")}),
 		record.AppendEbpfCodeInfo(nil, &record.EbpfCodeInfo{Code: 0xabc, PID: wpid, Name: []byte("Attention.forward\tattn.py")}),
 		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(102.05), PID: wpid, TID: wtid, API: 3, Phase: 1, PyCode: 0xabc}),
-		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(900), PID: wpid, TID: wtid, API: 3, Phase: 0}))
+		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(900), PID: wpid, TID: wtid, API: 3, Phase: 0}),
+		record.AppendEbpfSync(nil, &record.EbpfSync{StartNS: at(206), EndNS: at(206.25), PID: wpid, TID: wtid, API: 9, Phase: 1}))
+	// encoder calls: one inside step 1 that launched api 1 (flash, 2000 us GPU, joined from
+	// CUPTI), one with CUDA-event GPU time 700 us
+	py.Add(record.AppendPyEncoder(nil, &record.PyEncoder{StartNS: at(101.9), EndNS: at(102.2), StepID: 1, TID: wtid, NumItems: 2, Runner: 1}),
+		record.AppendPyEncoder(nil, &record.PyEncoder{StartNS: at(800), EndNS: at(801), GPUNS: 700 * us1, StepID: 6, TID: wtid, NumItems: 1, Runner: 1}))
 
 	// MoE, layer 0: 4 experts, top-2
 	py.Add(record.AppendPyMOEExpertCounts(nil, &record.PyMOEExpertCounts{TsNS: at(1000), WindowStartNS: at(0), LayerIdx: 0, NumExperts: 4, TopK: 2, Counts: exporttest.U64s(10, 20, 30, 40)}),
@@ -318,12 +323,32 @@ func TestGoldenSchedulerFiles(t *testing.T) {
 	l := readCSV(t, filepath.Join(out, "request_lifecycle.csv"))
 	eq(t, "lifecycle", l[1][:12], []string{"r1", "0.500000", "0.600000", "0.700000", "2.000000", "0.100000", "0.200000", "1.500000", "100", "7", "1", "stopped"})
 	cpu := readCSV(t, filepath.Join(out, "cpu_operations_timing.csv"))
-	eq(t, "cpu ops", col(t, cpu, "operation"), []string{"scheduling", "scheduling", "sampling"})
-	eq(t, "cpu dur", col(t, cpu, "duration_us"), []string{"100.000", "100.000", "50.000"})
+	eq(t, "cpu ops", col(t, cpu, "operation"), []string{"scheduling", "scheduling", "gpu_sync_wait", "sampling"})
+	eq(t, "cpu dur", col(t, cpu, "duration_us"), []string{"100.000", "100.000", "250.000", "50.000"})
 	var ps map[string]any
 	readJSON(t, filepath.Join(out, "preemption_summary.json"), &ps)
 	if ps["total_preemptions"].(float64) != 1 || ps["preemptions_per_1000_steps"].(float64) != 500 {
 		t.Errorf("preemption summary %v", ps)
+	}
+}
+
+func TestGoldenEncoderAndSync(t *testing.T) {
+	out := exportGolden(t)
+	e := readCSV(t, filepath.Join(out, "encoder_decoder_timing.csv"))
+	eq(t, "components", col(t, e, "component"), []string{"decoder", "encoder", "decoder", "decoder", "decoder", "decoder", "encoder"})
+	// step 1: 6000 us of GPU time, 2000 of it launched by the encoder call inside it
+	eq(t, "gpu", col(t, e, "gpu_time_us"), []string{"4000.000", "2000.000", "400.000", "900.000", "500.000", "100.000", "700.000"})
+	eq(t, "source", col(t, e, "gpu_time_source"), []string{"cupti", "cupti", "cupti", "cupti", "cupti", "cupti", "cuda_events"})
+	cpu := readCSV(t, filepath.Join(out, "cpu_operations_timing.csv"))
+	ops, names, durs := col(t, cpu, "operation"), col(t, cpu, "name"), col(t, cpu, "duration_us")
+	found := false
+	for i := range ops {
+		if ops[i] == "gpu_sync_wait" {
+			found = names[i] == "ebpf:forward" && durs[i] == "250.000"
+		}
+	}
+	if !found {
+		t.Errorf("eBPF sync wait not in cpu_operations_timing.csv: %v %v", ops, names)
 	}
 }
 
