@@ -27,8 +27,18 @@ var launchCbids = map[uint32]bool{307: true, 442: true, 652: true, 477: true}
 
 // runBasic runs the "basic" scenario, finds its ring through /proc/PID/fd
 // while it waits, lets it exit and returns everything in the ring.
+// runBasic runs the "basic" scenario. Unless env names PROFILEMATE_KINDS, every kind is
+// on (0xff: SYNCHRONIZATION and OVERHEAD too, which the default leaves out) so that every
+// conversion is checked.
 func runBasic(t *testing.T, env []string) (*capture, *ring.Reader, int, [2]uint32, time.Time, time.Time) {
 	t.Helper()
+	kinds := false
+	for _, e := range env {
+		kinds = kinds || strings.HasPrefix(e, "PROFILEMATE_KINDS=")
+	}
+	if !kinds {
+		env = append(env, "PROFILEMATE_KINDS=0xff")
+	}
 	before := time.Now()
 	t0 := ring.MonotonicNs()
 	p := start(t, env, "basic")
@@ -234,6 +244,19 @@ func TestKernel9Layout(t *testing.T) {
 }
 
 // TestDirectInjectionPath: no LD_PRELOAD, the agent named in CUDA_INJECTION64_PATH.
+// TestDefaultKinds: the default set leaves SYNCHRONIZATION and OVERHEAD out (they cost on
+// synchronized graph replays) and keeps kernels, graph launches, copies, memsets and the
+// allowlisted API records.
+func TestDefaultKinds(t *testing.T) {
+	c, _, _, _, _, _ := runBasic(t, baseEnv(true, "PROFILEMATE_START=graph", "PROFILEMATE_KINDS="))
+	if len(c.syncs) != 0 || len(c.overhead) != 0 {
+		t.Errorf("default kinds: %d sync, %d overhead records", len(c.syncs), len(c.overhead))
+	}
+	if len(c.kernels) != 27 || len(c.graphs) != 4 || len(c.apis) != 43 || len(c.memcpys) != 6 {
+		t.Errorf("default kinds: k%d g%d a%d m%d", len(c.kernels), len(c.graphs), len(c.apis), len(c.memcpys))
+	}
+}
+
 func TestDirectInjectionPath(t *testing.T) {
 	c, r, pid, tids, t0, t1 := runBasic(t, baseEnv(false, "PROFILEMATE_START=graph", "CUDA_INJECTION64_PATH="+agentSO))
 	checkBasicCommon(t, c, r, pid, tids, t0, t1, 130001)
@@ -581,7 +604,9 @@ func TestFullRingNeverBlocks(t *testing.T) {
 // TestDormantThenDetailSwitch: nothing is emitted until a tracer enables the
 // agent; detail switches graph → nodes → off → dormant apply while running.
 func TestDormantThenDetailSwitch(t *testing.T) {
-	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=50"), "loop")
+	// GRAPH_TRACE armed at cuInit (dormant keeps it on, records dropped); the switch to nodes
+	// turns it off for good, so the last graph phase records graph launches per node.
+	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=50", "PROFILEMATE_ARM=graph"), "loop")
 	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
 	p.waitLine("READY", 5*time.Second)
 	r := findRing(t, pid, 2*time.Second)
@@ -664,16 +689,56 @@ func TestDormantThenDetailSwitch(t *testing.T) {
 	if d != (seg{}) {
 		t.Errorf("dormant phase %+v", d)
 	}
-	if g2.graphs == 0 || g2.kernels == 0 {
-		t.Errorf("re-enabled phase %+v", g2)
+	if g2.graphs != 0 || g2.nodeKernels == 0 || g2.nodeKernels != 3*(g2.kernels-g2.nodeKernels) {
+		t.Errorf("re-enabled phase (per-node fallback) %+v", g2)
+	}
+	if !hasLog(c, "graph_trace_unavailable") {
+		t.Errorf("no graph_trace_unavailable log: %q", c.logs)
 	}
 	// names are emitted before first use in each enabled epoch: epoch 1 uses
-	// aten (eager) then nvjet and triton (graph nodes); epoch 2 only aten.
-	if c.nameRecs != 4 {
-		t.Errorf("kernel_name records %d, want 4", c.nameRecs)
+	// aten (eager) then nvjet and triton (graph nodes); epoch 2 the same (per-node fallback).
+	if c.nameRecs != 6 {
+		t.Errorf("kernel_name records %d, want 6", c.nameRecs)
 	}
 	if h := r.Header(); h.ControlAck != h.ControlSeq || h.ControlSeq != uint32(len(phases)) {
 		t.Errorf("ack %d seq %d", h.ControlAck, h.ControlSeq)
+	}
+}
+
+// TestLateGraphTrace: GRAPH_TRACE is never enabled after cuInit. A dormant agent (default
+// PROFILEMATE_ARM=light) enabled at graph level records graph launches per node, with a
+// log saying why; PROFILEMATE_ARM=lazy enables it anyway, and the mock CUPTI then crashes
+// on the first replay of a graph instantiated before, as CUPTI 13.0U1 did on an H200.
+func TestLateGraphTrace(t *testing.T) {
+	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=50"), "loop")
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 5*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	if err := Enable(r, ring.DetailGraph, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	nodes := 0
+	for _, k := range c.kernels {
+		if k.GraphID != 0 {
+			nodes++
+		}
+	}
+	if len(c.graphs) != 0 || nodes == 0 || !hasLog(c, "graph_trace_unavailable") {
+		t.Errorf("late graph level: %d graph_trace, %d node kernels, logs %q", len(c.graphs), nodes, c.logs)
+	}
+
+	p = start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=50", "PROFILEMATE_ARM=lazy"), "loop")
+	pid = pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 5*time.Second)
+	r = findRing(t, pid, 2*time.Second)
+	r.SetControl(true, ring.DetailGraph, 0)
+	err := p.wait(5 * time.Second)
+	if err == nil || !strings.Contains(p.stderr(), "real CUPTI 13.0U1 crashes here") {
+		t.Errorf("ARM=lazy: exit %v, stderr %q", err, p.stderr())
 	}
 }
 
@@ -876,7 +941,7 @@ func TestMemoryBudget(t *testing.T) {
 // period in N; window edges are control_change records (reason 4/5); graph
 // replays stay complete.
 func TestKernelSampling(t *testing.T) {
-	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=100"), "loop")
+	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=100", "PROFILEMATE_ARM=graph"), "loop")
 	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
 	p.waitLine("READY", 5*time.Second)
 	r := findRing(t, pid, 2*time.Second)
@@ -1017,4 +1082,13 @@ func TestNoTimestampCallback(t *testing.T) {
 	if c.procInfo[0].AgentFlags&8 != 0 || len(c.kernels) != 27 || r.Header().ProducerState != ring.StateExited {
 		t.Errorf("flags %#x kernels %d", c.procInfo[0].AgentFlags, len(c.kernels))
 	}
+}
+
+func hasLog(c *capture, sub string) bool {
+	for _, l := range c.logs {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
 }

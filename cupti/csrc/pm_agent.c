@@ -57,7 +57,10 @@ struct pm_config {
 	int yield;             /* PROFILEMATE_YIELD */
 	int nvtx;              /* PROFILEMATE_NVTX */
 	int api;               /* PROFILEMATE_API */
-	int arm_full;          /* PROFILEMATE_ARM=full */
+	int arm_full;          /* PROFILEMATE_ARM=full: CONCURRENT_KERNEL + GRAPH_TRACE at cuInit */
+	int arm_graph;         /* PROFILEMATE_ARM=graph (or full): GRAPH_TRACE at cuInit */
+	int arm_lazy;          /* PROFILEMATE_ARM=lazy: GRAPH_TRACE may be enabled mid-run (crashes CUPTI 13.0U1) */
+	uint32_t kinds_mask;   /* PROFILEMATE_KINDS (experiments; KB_* bits, re-read at each control change) */
 	const char *cupti_path;/* PROFILEMATE_CUPTI_PATH */
 	const char *ctl_socket;/* PROFILEMATE_CONTROL_SOCKET */
 };
@@ -98,7 +101,7 @@ static const char *const pm_known_env[] = {
 	"PROFILEMATE_START", "PROFILEMATE_MAX_MB", "PROFILEMATE_RING_KB", "PROFILEMATE_BUFFER_KB",
 	"PROFILEMATE_FLUSH_MS", "PROFILEMATE_ORPHAN_TIMEOUT", "PROFILEMATE_EXIT_FLUSH_MS",
 	"PROFILEMATE_YIELD", "PROFILEMATE_NVTX", "PROFILEMATE_API", "PROFILEMATE_ARM",
-	"PROFILEMATE_CUPTI_PATH", "PROFILEMATE_CONTROL_SOCKET", "PROFILEMATE_DEBUG", "PROFILEMATE_DEVICE_BUFFER_KB", NULL,
+	"PROFILEMATE_CUPTI_PATH", "PROFILEMATE_CONTROL_SOCKET", "PROFILEMATE_DEBUG", "PROFILEMATE_DEVICE_BUFFER_KB", "PROFILEMATE_KINDS", NULL,
 };
 /* Names and prefixes owned by other parts of profilemate-trace (the Python hook, the
  * CLI and daemon flags' environment variables, tests): not warned about here. */
@@ -135,6 +138,8 @@ static uint64_t env_u64(const char *name, uint64_t def, uint64_t lo, uint64_t hi
 	}
 	return x;
 }
+
+static void load_kinds_mask(void);
 
 static void pm_config_load(void)
 {
@@ -179,10 +184,15 @@ static void pm_config_load(void)
 	const char *a = getenv("PROFILEMATE_ARM");
 	if (a && *a) {
 		if (!strcmp(a, "full"))
-			C.arm_full = 1;
+			C.arm_full = C.arm_graph = 1;
+		else if (!strcmp(a, "graph"))
+			C.arm_graph = 1;
+		else if (!strcmp(a, "lazy"))
+			C.arm_lazy = 1;
 		else if (strcmp(a, "light"))
-			pm_warn("PROFILEMATE_ARM=%s is invalid (want light or full); using light", a);
+			pm_warn("PROFILEMATE_ARM=%s is invalid (want light, graph, full or lazy); using light", a);
 	}
+	load_kinds_mask();
 	C.cupti_path = getenv("PROFILEMATE_CUPTI_PATH");
 	C.ctl_socket = getenv("PROFILEMATE_CONTROL_SOCKET");
 	/* Unknown PROFILEMATE_* names: warn once per process. */
@@ -279,11 +289,13 @@ static struct {
 	uint32_t applied_seq;
 	uint32_t epoch;
 	uint32_t kinds_on; /* bitmask over pm_kind_bits */
-	int api_on;
+	uint32_t api_on; /* KB_DRV | KB_RT: allowlists enabled per domain */
 	int orphaned;
 	int yielded;
 	int hijacked;           /* another client replaced our buffer callbacks */
 	int sample_on;          /* kernel sampling: CONCURRENT_KERNEL enabled in this window */
+	int gt_allowed;         /* GRAPH_TRACE may be (re-)enabled: only inside InitializeInjection, see wanted_kinds */
+	int gt_fallback_logged;
 	uint64_t sample_tick;
 	/* names (agent thread only) */
 	struct pm_name *ptab;
@@ -295,6 +307,7 @@ static struct {
 	/* counters (atomics where touched by CUPTI threads) */
 	uint64_t buffers_requested, buffers_discard, buffers_completed;
 	uint64_t records_converted, records_unknown, records_discarded, cupti_dropped;
+	uint64_t records_dormant; /* produced by kinds armed while dormant: dropped, not a loss */
 	uint64_t kernels_zero_ts, flush_count, flush_ns_total;
 	uint64_t last_stats_sig;
 	uint64_t api_allow[2][16]; /* [driver, runtime] bitmaps of cbid < 1024 */
@@ -595,12 +608,11 @@ static int keep_graph_detail(uint32_t kind, uint32_t graph_id)
 	 * (PROFILEMATE_ARM=full, or records in flight after a switch to off). */
 	if (G.detail == PM_DETAIL_OFF)
 		return 0;
-	if (C.arm_full) {
-		if (kind == PM_KIND_GRAPH_TRACE && G.detail != PM_DETAIL_GRAPH)
-			return 0;
-		if (kind == PM_KIND_CONCURRENT_KERNEL && graph_id && G.detail == PM_DETAIL_GRAPH)
-			return 0;
-	}
+	if (kind == PM_KIND_GRAPH_TRACE && G.detail != PM_DETAIL_GRAPH)
+		return 0;
+	/* per-node records at graph level only while GRAPH_TRACE is off (the per-node fallback) */
+	if (kind == PM_KIND_CONCURRENT_KERNEL && graph_id && G.detail == PM_DETAIL_GRAPH && (G.kinds_on & 2 /* KB_GT */))
+		return 0;
 	return 1;
 }
 
@@ -778,8 +790,10 @@ static void process_buffer(struct pm_buf *b)
 			break;
 		}
 		n++;
-		if (b->discard || !G.enabled)
+		if (b->discard)
 			add64(&G.records_discarded, 1);
+		else if (!G.enabled)
+			G.records_dormant++;
 		else
 			convert_record(rec);
 	}
@@ -962,7 +976,34 @@ static void pm_subscriber_cb(void *userdata, int domain, uint32_t cbid, const vo
 
 /* ------------------------------------------------------------------ kinds */
 
-enum { KB_CK = 1, KB_GT = 2, KB_MEMCPY = 4, KB_MEMSET = 8, KB_SYNC = 16, KB_OVH = 32, KB_DRV = 64, KB_RT = 128 };
+enum { KB_CK = 1, KB_GT = 2, KB_MEMCPY = 4, KB_MEMSET = 8, KB_SYNC = 16, KB_OVH = 32, KB_DRV = 64, KB_RT = 128,
+       KB_API_CBID_ONLY = 512 /* PROFILEMATE_KINDS only: per-cbid enables without the API kinds (gave no
+				 records on CUPTI 13.0U1 + H200, see docs/notes-agent.md) */ };
+/* Default: kernels, graph launches, copies, memsets and the allowlisted driver/runtime API
+ * records (the join to CPU threads: torch's kernels carry the runtime call's correlation id and
+ * make no driver-API record on CUDA 13; Triton's direct cuLaunchKernel carries the driver one).
+ * SYNCHRONIZATION and OVERHEAD are opt-in (PROFILEMATE_KINDS): the non-kernel kinds together
+ * made a synchronized CUDA-graph decode loop 15-30 % slower on an H200 (docs/notes-agent.md). */
+#define PM_KINDS_DEFAULT (KB_CK | KB_GT | KB_MEMCPY | KB_MEMSET | KB_DRV | KB_RT)
+
+/* PROFILEMATE_KINDS: a debug mask over the KB_* bits (decimal or 0x…) that narrows what a
+ * detail level enables, for overhead experiments. Read at each applied control change, so an
+ * experiment can change it (putenv) between two control writes. */
+static void load_kinds_mask(void)
+{
+	const char *v = getenv("PROFILEMATE_KINDS");
+	uint32_t m = PM_KINDS_DEFAULT;
+	if (v && *v) {
+		char *end;
+		errno = 0;
+		unsigned long x = strtoul(v, &end, 0);
+		if (errno || *end || x > 0x2ff)
+			pm_warn("PROFILEMATE_KINDS=%s is invalid (want a mask <= 0x2ff); using 0x%x", v, m);
+		else
+			m = (uint32_t)x;
+	}
+	C.kinds_mask = m;
+}
 static const struct { uint32_t bit, kind; } pm_kind_bits[] = {
 	{KB_CK, PM_KIND_CONCURRENT_KERNEL}, {KB_GT, PM_KIND_GRAPH_TRACE}, {KB_MEMCPY, PM_KIND_MEMCPY},
 	{KB_MEMSET, PM_KIND_MEMSET}, {KB_SYNC, PM_KIND_SYNCHRONIZATION}, {KB_OVH, PM_KIND_OVERHEAD},
@@ -971,31 +1012,66 @@ static const struct { uint32_t bit, kind; } pm_kind_bits[] = {
 
 static uint32_t wanted_kinds(int enabled, uint32_t detail)
 {
+	/* GRAPH_TRACE is enabled only inside InitializeInjection (PROFILEMATE_START=graph, or
+	 * PROFILEMATE_ARM=graph|full), before any graph exists, and then kept on. Enabled later, CUPTI
+	 * 13.0U1 crashed (SIGSEGV in libcupti under cuGraphLaunch) on the first replay of a graph
+	 * instantiated while it was off (H200, docs/notes-agent.md). Once off, it stays off; graph
+	 * level then records graph launches per node (CONCURRENT_KERNEL). */
+	int gt_ok = G.gt_allowed || C.arm_lazy;
 	uint32_t k = 0;
 	if (C.arm_full)
-		k |= KB_CK | KB_GT;
+		k |= KB_CK;
+	/* once on, GRAPH_TRACE stays on while dormant or at detail off (its records are dropped):
+	 * turning it off would forbid it for the rest of the process */
+	if (gt_ok && (C.arm_graph || (G.kinds_on & KB_GT)))
+		k |= KB_GT;
 	if (!enabled)
 		return k;
-	k |= KB_MEMCPY | KB_MEMSET | KB_SYNC | KB_OVH;
-	if (C.api && !(G.agent_flags & PM_AF_ALLOWLIST))
-		k |= KB_DRV | KB_RT; /* no per-cbid switch: enable the kinds and filter on conversion */
-	int ck = G.sample_every <= 1 || G.sample_on; /* sampled: kernels only inside a window */
+	uint32_t m = C.kinds_mask;
+	k |= (KB_MEMCPY | KB_MEMSET | KB_SYNC | KB_OVH) & m;
+	/* API records: the DRIVER/RUNTIME kinds, then every cbid outside the allowlist switched off
+	 * (api_deny_others); without the per-cbid switch, conversion filters. */
+	if (C.api && !((G.agent_flags & PM_AF_ALLOWLIST) && (m & KB_API_CBID_ONLY)))
+		k |= (KB_DRV | KB_RT) & m;
+	int win = G.sample_every <= 1 || G.sample_on; /* sampled: kernels only inside a window */
+	int ck = win && (m & KB_CK);
+	int gt = (m & KB_GT) && gt_ok;
 	if (detail == PM_DETAIL_GRAPH)
-		k |= (ck ? KB_CK : 0) | KB_GT;
-	else if (detail == PM_DETAIL_NODES && ck)
-		k |= KB_CK;
+		k = (k & ~KB_GT) | (ck ? KB_CK : 0) | (gt ? KB_GT : 0);
+	else if (detail == PM_DETAIL_NODES) /* GRAPH_TRACE would replace the per-node records */
+		k = (k & ~KB_GT) | (ck ? KB_CK : 0);
 	return k;
+}
+
+/* After the DRIVER/RUNTIME kind was (re-)enabled — which turns every cbid of it on — switch
+ * off each cbid outside the allowlist. CUPTI 13.0 has 807 driver and 523 runtime cbids;
+ * ids beyond what the library knows fail harmlessly, and conversion filters anything left. */
+static void api_deny_others(uint32_t newly)
+{
+	if (!(G.agent_flags & PM_AF_ALLOWLIST))
+		return;
+	for (uint32_t cb = 1; cb < 1024; cb++) {
+		if ((newly & KB_DRV) && !api_allowed(0, cb))
+			(void)G.EnableDriverApi(cb, 0);
+		if ((newly & KB_RT) && !api_allowed(1, cb))
+			(void)G.EnableRuntimeApi(cb, 0);
+	}
 }
 
 static void set_api_allowlist(int on)
 {
-	if (!(G.agent_flags & PM_AF_ALLOWLIST) || G.api_on == on)
+	if (!(G.agent_flags & PM_AF_ALLOWLIST) || !(C.kinds_mask & KB_API_CBID_ONLY)) {
+		G.api_on = 0;
 		return;
-	for (size_t i = 0; i < sizeof pm_drv_allow / sizeof *pm_drv_allow; i++)
-		(void)G.EnableDriverApi(pm_drv_allow[i], (uint8_t)on);
-	for (size_t i = 0; i < sizeof pm_rt_allow / sizeof *pm_rt_allow; i++)
-		(void)G.EnableRuntimeApi(pm_rt_allow[i], (uint8_t)on);
-	G.api_on = on;
+	}
+	uint32_t want = on ? C.kinds_mask & (KB_DRV | KB_RT) : 0;
+	if ((want ^ G.api_on) & KB_DRV)
+		for (size_t i = 0; i < sizeof pm_drv_allow / sizeof *pm_drv_allow; i++)
+			(void)G.EnableDriverApi(pm_drv_allow[i], (uint8_t)!!(want & KB_DRV));
+	if ((want ^ G.api_on) & KB_RT)
+		for (size_t i = 0; i < sizeof pm_rt_allow / sizeof *pm_rt_allow; i++)
+			(void)G.EnableRuntimeApi(pm_rt_allow[i], (uint8_t)!!(want & KB_RT));
+	G.api_on = want;
 }
 
 static void set_kinds(uint32_t want)
@@ -1009,8 +1085,11 @@ static void set_kinds(uint32_t want)
 			if (st != PM_CUPTI_SUCCESS)
 				emit_log(PM_LOG_WARN, "cuptiActivityDisable(%u) = %d", pm_kind_bits[i].kind, st);
 			G.kinds_on &= ~b;
+			if (b == KB_GT)
+				G.gt_allowed = 0; /* never again in this process (see wanted_kinds) */
 		}
 	}
+	uint32_t newly = 0;
 	for (size_t i = 0; i < sizeof pm_kind_bits / sizeof *pm_kind_bits; i++) {
 		uint32_t b = pm_kind_bits[i].bit;
 		if (!(G.kinds_on & b) && (want & b)) {
@@ -1018,8 +1097,15 @@ static void set_kinds(uint32_t want)
 			if (st != PM_CUPTI_SUCCESS)
 				emit_log(PM_LOG_WARN, "cuptiActivityEnable(%u) = %d", pm_kind_bits[i].kind, st);
 			else
-				G.kinds_on |= b;
+				G.kinds_on |= b, newly |= b;
 		}
+	}
+	api_deny_others(newly);
+	if (G.enabled && G.detail == PM_DETAIL_GRAPH && !(G.kinds_on & KB_GT) && (C.kinds_mask & KB_GT) &&
+	    !G.gt_fallback_logged) {
+		G.gt_fallback_logged = 1;
+		emit_log(PM_LOG_INFO, "graph_trace_unavailable: GRAPH_TRACE can only be enabled at cuInit (PROFILEMATE_START=graph "
+				      "or PROFILEMATE_ARM=graph); graph launches are recorded per node");
 	}
 }
 
@@ -1036,8 +1122,20 @@ static void apply_control(int enable, uint32_t detail, uint32_t sample_every, ui
 		G.FlushAll(PM_FLUSH_FORCED);
 		drain_completed();
 	}
+	if (enable && !was && G.kinds_on) {
+		/* kinds armed while dormant (PROFILEMATE_ARM=graph|full): drop what they produced
+		 * before this enable, so the capture starts clean */
+		G.FlushAll(PM_FLUSH_FORCED);
+		drain_completed();
+	}
 	if (enable && !was)
 		G.epoch++; /* names are emitted again in each enabled epoch */
+	if (enable) {
+		load_kinds_mask();
+		if (was) { /* the mask may have changed: re-apply the allowlists from scratch */
+			set_api_allowlist(0);
+		}
+	}
 	G.enabled = enable;
 	G.detail = detail;
 	G.sample_every = sample_every;
@@ -1048,7 +1146,7 @@ static void apply_control(int enable, uint32_t detail, uint32_t sample_every, ui
 		set_api_allowlist(C.api);
 	}
 	emit_control_change(reason);
-	pm_dbg("control: enable=%d detail=%u reason=%u kinds=0x%x", enable, detail, reason, G.kinds_on);
+	pm_dbg("control: enable=%d detail=%u reason=%u kinds=0x%x api=0x%x", enable, detail, reason, G.kinds_on, G.api_on);
 }
 
 /* ------------------------------------------------------------------ yield */
@@ -1518,8 +1616,42 @@ static void start_agent_thread(void)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
+#ifdef PM_SEGV_DIAG
+/* Diagnostic builds only (-DPM_SEGV_DIAG, never the shipped agent): print the faulting
+ * thread's name and backtrace, then die as before. */
+#include <execinfo.h>
+#include <sys/prctl.h>
+static void pm_segv_diag(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	char name[32] = "?", buf[160];
+	prctl(PR_GET_NAME, name, 0, 0, 0);
+	int n = snprintf(buf, sizeof buf, "[profilemate-diag] signal %d addr %p thread %s tid %ld\n", sig, si->si_addr, name,
+			 (long)syscall(SYS_gettid));
+	ssize_t w PM_UNUSED = write(2, buf, (size_t)n);
+	void *bt[64];
+	int k = backtrace(bt, 64);
+	backtrace_symbols_fd(bt, k, 2);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+static void pm_segv_install(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = pm_segv_diag;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGABRT, &sa, NULL);
+}
+#endif
+
 static void pm_init(void)
 {
+#ifdef PM_SEGV_DIAG
+	pm_segv_install();
+#endif
 	pm_config_load();
 	G.pid = getpid();
 	static int atfork_done;
@@ -1648,9 +1780,11 @@ static void pm_init(void)
 			 (unsigned long long)C.dev_buf_bytes, devbuf_refused);
 	if (G.version >= 24 && G.version < 130100)
 		pm_dbg("CUPTI %u: zero kernel timestamps possible with the timestamp callback; counted", G.version);
-	set_kinds(wanted_kinds(0, PM_DETAIL_GRAPH)); /* PROFILEMATE_ARM=full arms kernel kinds now */
+	G.gt_allowed = 1; /* no graph can exist yet: we are inside the process's first cuInit */
+	set_kinds(wanted_kinds(0, PM_DETAIL_GRAPH)); /* PROFILEMATE_ARM=graph|full arms kernel kinds now */
 	if (C.start_enable)
 		apply_control(1, C.start_detail, 0, PM_REASON_ENV);
+	G.gt_allowed = (G.kinds_on & KB_GT) != 0; /* from here on GRAPH_TRACE can only stay on */
 	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_RUNNING, __ATOMIC_RELEASE);
 
 	start_agent_thread();

@@ -341,6 +341,11 @@ EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *exec, CUgraph g, unsign
 	e->id = __atomic_fetch_add(&next_graph_id, 1, __ATOMIC_RELAXED);
 	e->instantiated = 1;
 	*exec = e;
+	struct mock_event ev; /* the mock CUPTI remembers whether GRAPH_TRACE was on at instantiation */
+	memset(&ev, 0, sizeof ev);
+	ev.type = MOCK_EV_INSTANTIATE;
+	ev.graph_id = e->id;
+	emit(&ev);
 	return CUDA_SUCCESS;
 }
 

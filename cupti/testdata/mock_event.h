@@ -5,7 +5,7 @@
 #define MOCK_EVENT_H
 #include <stdint.h>
 
-enum { MOCK_EV_LAUNCH = 1, MOCK_EV_GRAPH = 2, MOCK_EV_MEMCPY = 3, MOCK_EV_MEMSET = 4, MOCK_EV_SYNC = 5 };
+enum { MOCK_EV_LAUNCH = 1, MOCK_EV_GRAPH = 2, MOCK_EV_MEMCPY = 3, MOCK_EV_MEMSET = 4, MOCK_EV_SYNC = 5, MOCK_EV_INSTANTIATE = 6 };
 #define MOCK_MAX_NODES 16
 
 struct mock_event {

@@ -15,6 +15,8 @@
  * CUPTI-side dropped records once), MOCK_CUPTI_NO_TSCB=1 (the timestamp callback is refused,
  * as on WSL), MOCK_CUPTI_FORCED_FLUSH_HANG_MS=N (a forced flush sleeps N ms first, as one
  * waiting on a stuck GPU would), MOCK_CUPTI_LOG=1 (trace calls to stderr).
+ * Like the real 13.0U1, a graph launched with GRAPH_TRACE on that was instantiated while it
+ * was off crashes the process (abort, with a line on stderr).
  *
  * Private hook for fakecuda.c: mockcupti_event(const struct mock_event *).
  */
@@ -187,7 +189,10 @@ static uint8_t *alloc_rec_locked(uint32_t kind)
 static void put_api_locked(int runtime, uint32_t cbid, uint64_t s, uint64_t e, uint32_t corr, uint32_t tid)
 {
 	uint32_t kind = runtime ? 5 : 4;
-	int on = kinds[kind] || (runtime ? rt_api[cbid & 1023] : drv_api[cbid & 1023]);
+	/* As observed on CUPTI 13.0U1 (H200): API records need the DRIVER/RUNTIME kind; enabling the
+	 * kind switches every cbid on, cuptiActivityEnable*Api(cbid, 0) then switches single ones
+	 * off; per-cbid enables without the kind produce nothing. */
+	int on = kinds[kind] && (runtime ? rt_api[cbid & 1023] : drv_api[cbid & 1023]);
 	if (!on)
 		return;
 	uint8_t *r = alloc_rec_locked(kind);
@@ -244,10 +249,24 @@ static void put_kernel_locked(const struct mock_event *ev, const char *name, int
 		PUT(r, 208, uint8_t, 0);
 }
 
+static uint8_t gt_at_instantiate[1024]; /* graph id -> GRAPH_TRACE was on when it was instantiated */
+
 EXPORT void mockcupti_event(const struct mock_event *ev)
 {
 	pthread_mutex_lock(&mu);
 	mock_init();
+	if (ev->type == MOCK_EV_INSTANTIATE) {
+		gt_at_instantiate[ev->graph_id & 1023] = kinds[51];
+		pthread_mutex_unlock(&mu);
+		return;
+	}
+	if (ev->type == MOCK_EV_GRAPH && kinds[51] && !gt_at_instantiate[ev->graph_id & 1023]) {
+		/* CUPTI 13.0U1 on an H200: SIGSEGV inside libcupti under cuGraphLaunch when GRAPH_TRACE
+		 * was enabled after the graph was instantiated (docs/notes-agent.md) */
+		fprintf(stderr, "[mockcupti] GRAPH_TRACE enabled after graph %u was instantiated: real CUPTI 13.0U1 crashes here\n",
+			ev->graph_id);
+		abort();
+	}
 	uint32_t tid = thread_id();
 	uint64_t api_s = now_ts();
 	uint32_t corr = next_corr++;
@@ -468,6 +487,10 @@ EXPORT CUptiResult cuptiActivityEnable(uint32_t k)
 		return 21;
 	pthread_mutex_lock(&mu);
 	kinds[k] = 1;
+	if (k == 4)
+		memset(drv_api, 1, sizeof drv_api);
+	if (k == 5)
+		memset(rt_api, 1, sizeof rt_api);
 	pthread_mutex_unlock(&mu);
 	LOG("enable %u\n", k);
 	return 0;
