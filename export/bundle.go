@@ -10,8 +10,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -71,18 +73,35 @@ func WriteBundle(dir, out string) (err error) {
 		return err
 	}
 	tw := tar.NewWriter(zw)
-	for _, p := range files {
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
-		if strings.HasPrefix(rel, "raw/") && strings.HasSuffix(rel, ".pmr") {
-			if ok, err := addColumnar(tw, p, path.Join(base, strings.TrimSuffix(rel, ".pmr")+colSuffix)); err != nil {
-				return err
-			} else if ok {
-				continue
+	// Raw streams are transposed in parallel, a window of GOMAXPROCS files at a time (so at
+	// most that many are held in memory), and written in order.
+	par := max(1, runtime.GOMAXPROCS(0))
+	for lo := 0; lo < len(files); lo += par {
+		batch := files[lo:min(len(files), lo+par)]
+		cols := make([][]byte, len(batch))
+		var wg sync.WaitGroup
+		for i, p := range batch {
+			if rel, _ := filepath.Rel(dir, p); strings.HasPrefix(filepath.ToSlash(rel), "raw/") && strings.HasSuffix(rel, ".pmr") {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					cols[i] = columnarOf(p)
+				}()
 			}
 		}
-		if err := addFile(tw, p, path.Join(base, rel)); err != nil {
-			return err
+		wg.Wait()
+		for i, p := range batch {
+			rel, _ := filepath.Rel(dir, p)
+			rel = filepath.ToSlash(rel)
+			var err error
+			if cols[i] != nil {
+				err = addBytes(tw, p, path.Join(base, strings.TrimSuffix(rel, ".pmr")+colSuffix), cols[i])
+			} else {
+				err = addFile(tw, p, path.Join(base, rel))
+			}
+			if err != nil {
+				return err
+			}
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -120,32 +139,36 @@ func addFile(tw *tar.Writer, p, name string) error {
 	return nil
 }
 
-// addColumnar adds a raw stream in columnar form when it transposes and round-trips
-// exactly; it reports false (add the file as it is) otherwise.
-func addColumnar(tw *tar.Writer, p, name string) (bool, error) {
+// columnarOf returns the columnar form of a raw stream file when it transposes and
+// round-trips exactly, else nil (the file is then bundled as it is).
+func columnarOf(p string) []byte {
 	raw, err := os.ReadFile(p)
 	if err != nil {
-		return false, err
+		return nil
 	}
 	col, err := encodeColumnar(raw)
 	if err != nil {
-		return false, nil
+		return nil
 	}
 	if back, err := decodeColumnar(col, len(raw)); err != nil || !bytes.Equal(back, raw) {
-		return false, nil
+		return nil
 	}
+	return col
+}
+
+func addBytes(tw *tar.Writer, p, name string, data []byte) error {
 	st, err := os.Stat(p)
 	if err != nil {
-		return false, err
+		return err
 	}
-	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(col)), ModTime: st.ModTime().Truncate(time.Second), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: int64(len(data)), ModTime: st.ModTime().Truncate(time.Second), Typeflag: tar.TypeReg, Format: tar.FormatPAX}
 	if err := tw.WriteHeader(hdr); err != nil {
-		return false, fmt.Errorf("bundling %s: %w", name, err)
+		return fmt.Errorf("bundling %s: %w", name, err)
 	}
-	if _, err := tw.Write(col); err != nil {
-		return false, fmt.Errorf("bundling %s: %w", name, err)
+	if _, err := tw.Write(data); err != nil {
+		return fmt.Errorf("bundling %s: %w", name, err)
 	}
-	return true, nil
+	return nil
 }
 
 // Member is one file of a bundle, relative to the session directory.

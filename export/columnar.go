@@ -51,9 +51,13 @@ type colLayout struct {
 	fields []colField
 }
 
-var colLayouts = func() map[record.Type]*colLayout {
-	m := map[record.Type]*colLayout{}
+// colLayouts holds the layout of every known type (all known types are < 256).
+var colLayouts = func() *[256]*colLayout {
+	m := new([256]*colLayout)
 	for t, sp := range record.Specs {
+		if t >= 256 {
+			continue
+		}
 		l := &colLayout{spec: sp}
 		start := -1
 		for _, f := range sp.Fields {
@@ -76,6 +80,13 @@ var colLayouts = func() map[record.Type]*colLayout {
 	}
 	return m
 }()
+
+func layoutOf(t record.Type) *colLayout {
+	if t >= 256 {
+		return nil
+	}
+	return colLayouts[t]
+}
 
 func kindSize(k string) int {
 	switch k {
@@ -107,7 +118,17 @@ func encodeColumnar(raw []byte) ([]byte, error) {
 		vals [][]uint64 // zigzag deltas of the u32/u64 columns, written as byte planes
 		prev []uint64
 	}
-	sets := map[record.Type]*colSet{}
+	var sets [256]*colSet
+	// count records per type first, so that every column is allocated once
+	var counts [256]int
+	for off := hdrLen; off+record.HeaderSize <= len(raw); {
+		size := int(binary.LittleEndian.Uint32(raw[off+4:]))
+		if size < record.HeaderSize {
+			break
+		}
+		counts[binary.LittleEndian.Uint16(raw[off:])&0xff]++
+		off += size
+	}
 	var typesCol, opaque []byte
 	n := 0
 	for off := hdrLen; off < len(raw); {
@@ -122,7 +143,7 @@ func encodeColumnar(raw []byte) ([]byte, error) {
 		rec := raw[off : off+size]
 		off += size
 		n++
-		l := colLayouts[t]
+		l := layoutOf(t)
 		if l == nil || size < l.spec.Size || (l.spec.Tail == "" && size != l.spec.Size) {
 			typesCol = binary.AppendUvarint(typesCol, 0)
 			opaque = binary.AppendUvarint(opaque, uint64(size))
@@ -137,6 +158,18 @@ func encodeColumnar(raw []byte) ([]byte, error) {
 				nc++
 			}
 			cs = &colSet{cols: make([][]byte, nc), vals: make([][]uint64, nc), prev: make([]uint64, len(l.fields))}
+			first := 1
+			if l.spec.Tail != "" {
+				first = 2
+			}
+			for i, f := range l.fields {
+				switch f.kind {
+				case "u32", "i32", "u64", "i64":
+					cs.vals[first+i] = make([]uint64, 0, counts[t])
+				default:
+					cs.cols[first+i] = make([]byte, 0, counts[t]*kindSize(f.kind))
+				}
+			}
 			sets[t] = cs
 		}
 		cs.n++
@@ -180,8 +213,8 @@ func encodeColumnar(raw []byte) ([]byte, error) {
 	out = append(out, typesCol...)
 	out = binary.AppendUvarint(out, uint64(len(opaque)))
 	out = append(out, opaque...)
-	for t := 0; t < 1<<16; t++ {
-		cs := sets[record.Type(t)]
+	for t := 0; t < 256; t++ {
+		cs := sets[t]
 		if cs == nil {
 			continue
 		}
@@ -311,12 +344,12 @@ func decodeColumnar(b []byte, maxOut int) ([]byte, error) {
 		cols []*colReader
 		prev []uint64
 	}
-	sets := map[record.Type]*colSet{}
+	var sets [256]*colSet
 	for len(r.b) > 0 && r.err == nil {
 		t := record.Type(r.uvarint())
 		cnt := r.uvarint()
 		nc := r.uvarint()
-		l := colLayouts[t]
+		l := layoutOf(t)
 		if r.err != nil || l == nil || sets[t] != nil {
 			return nil, ErrColumnar
 		}
@@ -365,6 +398,9 @@ func decodeColumnar(b []byte, maxOut int) ([]byte, error) {
 			return nil, ErrColumnar
 		}
 		t := record.Type(tp - 1)
+		if t >= 256 {
+			return nil, ErrColumnar
+		}
 		cs := sets[t]
 		if cs == nil || cs.n == 0 {
 			return nil, ErrColumnar

@@ -62,9 +62,11 @@ func run(o exporttest.SyntheticOptions, keep string) error {
 	}
 	el, cpu := time.Since(start), cpuTime()-cpu0
 	full := filepath.Join(base, "full"+export.BundleSuffix)
+	bstart, bcpu := time.Now(), cpuTime()
 	if err := export.WriteBundle(dir, full); err != nil {
 		return err
 	}
+	bwall, bcpuUsed := time.Since(bstart), cpuTime()-bcpu
 	kernels := 0
 	var rawBytes int64
 	for _, st := range s.Streams {
@@ -82,6 +84,7 @@ func run(o exporttest.SyntheticOptions, keep string) error {
 		loaded.Round(time.Millisecond), (el - loaded).Round(time.Millisecond), cpu, float64(events)/el.Seconds()/1e6, float64(events)/cpu/1e6)
 	fmt.Printf("bundle (metadata.json + raw streams, columnar + zstd): %d bytes, %.2f bytes per kernel event (raw streams: %.1f bytes per kernel event)\n",
 		fb.Size(), float64(fb.Size())/float64(kernels), float64(rawBytes)/float64(kernels))
+	fmt.Printf("bundle written in %v wall, %.3f s CPU (%.0f MB/s of raw streams per CPU second)\n", bwall.Round(time.Millisecond), bcpuUsed, float64(rawBytes)/bcpuUsed/1e6)
 	return nil
 }
 
