@@ -754,7 +754,7 @@ type PyGraphCapture struct {
 	NumTokens      uint32 // padded tokens of the descriptor
 	NumReqs        int32  // -1 when None
 	NumActiveLoras uint32 // 0 when absent
-	Flags          uint32 // bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory
+	Flags          uint32 // bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor
 	Source         uint32 // 1 CUDAGraphWrapper, 2 BreakableCUDAGraphWrapper, 3 V2 CudaGraphManager.capture (one descriptor), 4 V1 _capture_cudagraphs batch (whole list)
 	DescLen        uint32 // bytes of desc
 	Desc           []byte // variable tail
@@ -806,7 +806,7 @@ func AppendPyGraphCapture(dst []byte, r *PyGraphCapture) []byte {
 	return dst
 }
 
-// PyKVBlocks is one BlockPool call. block_ids: u32 little-endian block ids (count = block_ids_len/4). op 1 alloc (get_new_blocks: every returned block now has ref_cnt>=1); 2 free (free_blocks: ids of blocks whose ref_cnt reached 0; aux = blocks passed whose ref_cnt stayed > 0); 3 touch (prefix hit: the first aux ids went ref_cnt 0->1 and left the free queue, the rest were shared); 4 evict (_maybe_evict_cached_block removed the hash of a freed block being reused); 5 evict_connector (evict_blocks); 6 reset_prefix_cache (aux = 1 when it succeeded); 7 cached (cache_full_blocks made blocks cacheable).
+// PyKVBlocks is one BlockPool call. block_ids: u32 little-endian block ids (count = block_ids_len/4). op 1 alloc (get_new_blocks: every returned block now has ref_cnt>=1); 2 free (free_blocks: ids of blocks whose ref_cnt reached 0; aux = blocks passed whose ref_cnt stayed > 0); 3 touch (prefix hit: the first aux ids went ref_cnt 0->1 and left the free queue, the rest were shared); 4 evict (_maybe_evict_cached_block removed the hash of a freed block being reused); 5 evict_connector (evict_blocks); 6 reset_prefix_cache (aux = 1 when it succeeded); 8 unpin (unpin_blocks, vLLM 0.33+: ids of blocks whose ref_cnt reached 0; aux = blocks still referenced). Calls that touch no block emit nothing. Op 7 is reserved (cache_full_blocks, not emitted).
 type PyKVBlocks struct {
 	TsNS        uint64 // CLOCK_MONOTONIC ns
 	TID         uint32 // native thread id
@@ -1172,7 +1172,7 @@ type PyForward struct {
 	NumDecodeReqs    uint32 // generation-phase requests
 	NumDecodeTokens  uint32 // their tokens
 	Runner           uint32 // 1 V1 GPUModelRunner, 2 V2 GPUModelRunner, 0 other
-	Flags            uint32 // bit0 raised an exception
+	Flags            uint32 // bit0 raised an exception; bit1 dummy run (V2 execute_model(dummy_run=True)), step_id 0
 }
 
 // DecodePyForward decodes a whole framed record (header included).
@@ -2007,7 +2007,7 @@ type ControlChange struct {
 	Detail      uint32 // 0 off, 1 graph, 2 nodes
 	Seq         uint32 // control_seq applied (0 for the environment at start)
 	SampleEvery uint32 // kernel detail for one step in N (0 or 1 = all)
-	Reason      uint32 // 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield
+	Reason      uint32 // 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed
 	Reserved    uint32 // 0
 }
 

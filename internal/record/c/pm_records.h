@@ -356,7 +356,7 @@ struct pm_rec_py_graph_capture {
 	uint32_t num_tokens; /* 32 padded tokens of the descriptor */
 	int32_t num_reqs; /* 36 -1 when None */
 	uint32_t num_active_loras; /* 40 0 when absent */
-	uint32_t flags; /* 44 bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory */
+	uint32_t flags; /* 44 bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor */
 	uint32_t source; /* 48 1 CUDAGraphWrapper, 2 BreakableCUDAGraphWrapper, 3 V2 CudaGraphManager.capture (one descriptor), 4 V1 _capture_cudagraphs batch (whole list) */
 	uint32_t desc_len; /* 52 bytes of desc */
 	/* followed by desc_len bytes of desc, then zero padding to 8 */
@@ -373,7 +373,7 @@ _Static_assert(__builtin_offsetof(struct pm_rec_py_graph_capture, flags) == 44, 
 _Static_assert(__builtin_offsetof(struct pm_rec_py_graph_capture, source) == 48, "pm_rec_py_graph_capture.source");
 _Static_assert(__builtin_offsetof(struct pm_rec_py_graph_capture, desc_len) == 52, "pm_rec_py_graph_capture.desc_len");
 
-/* One BlockPool call. block_ids: u32 little-endian block ids (count = block_ids_len/4). op 1 alloc (get_new_blocks: every returned block now has ref_cnt>=1); 2 free (free_blocks: ids of blocks whose ref_cnt reached 0; aux = blocks passed whose ref_cnt stayed > 0); 3 touch (prefix hit: the first aux ids went ref_cnt 0->1 and left the free queue, the rest were shared); 4 evict (_maybe_evict_cached_block removed the hash of a freed block being reused); 5 evict_connector (evict_blocks); 6 reset_prefix_cache (aux = 1 when it succeeded); 7 cached (cache_full_blocks made blocks cacheable). (pyhook) */
+/* One BlockPool call. block_ids: u32 little-endian block ids (count = block_ids_len/4). op 1 alloc (get_new_blocks: every returned block now has ref_cnt>=1); 2 free (free_blocks: ids of blocks whose ref_cnt reached 0; aux = blocks passed whose ref_cnt stayed > 0); 3 touch (prefix hit: the first aux ids went ref_cnt 0->1 and left the free queue, the rest were shared); 4 evict (_maybe_evict_cached_block removed the hash of a freed block being reused); 5 evict_connector (evict_blocks); 6 reset_prefix_cache (aux = 1 when it succeeded); 8 unpin (unpin_blocks, vLLM 0.33+: ids of blocks whose ref_cnt reached 0; aux = blocks still referenced). Calls that touch no block emit nothing. Op 7 is reserved (cache_full_blocks, not emitted). (pyhook) */
 #define PM_REC_PY_KV_BLOCKS 68
 #define PM_REC_PY_KV_BLOCKS_SIZE 40
 struct pm_rec_py_kv_blocks {
@@ -559,7 +559,7 @@ struct pm_rec_py_forward {
 	uint32_t num_decode_reqs; /* 56 generation-phase requests */
 	uint32_t num_decode_tokens; /* 60 their tokens */
 	uint32_t runner; /* 64 1 V1 GPUModelRunner, 2 V2 GPUModelRunner, 0 other */
-	uint32_t flags; /* 68 bit0 raised an exception */
+	uint32_t flags; /* 68 bit0 raised an exception; bit1 dummy run (V2 execute_model(dummy_run=True)), step_id 0 */
 };
 _Static_assert(sizeof(struct pm_rec_py_forward) == 72, "pm_rec_py_forward size");
 _Static_assert(__builtin_offsetof(struct pm_rec_py_forward, start_ns) == 8, "pm_rec_py_forward.start_ns");
@@ -951,7 +951,7 @@ struct pm_rec_control_change {
 	uint32_t detail; /* 20 0 off, 1 graph, 2 nodes */
 	uint32_t seq; /* 24 control_seq applied (0 for the environment at start) */
 	uint32_t sample_every; /* 28 kernel detail for one step in N (0 or 1 = all) */
-	uint32_t reason; /* 32 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield */
+	uint32_t reason; /* 32 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed */
 	uint32_t reserved; /* 36 0 */
 };
 _Static_assert(sizeof(struct pm_rec_control_change) == 40, "pm_rec_control_change size");
