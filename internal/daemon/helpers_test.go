@@ -36,15 +36,23 @@ func TestMain(m *testing.M) {
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		cmd.Run()
 	}
-	if _, err := os.Stat(so); err == nil {
-		if _, err := os.Stat(filepath.Join(tl, "libcuda.so.1")); err == nil {
-			agentSO, testLibDir = so, tl
+	// Work on a private copy: cupti/build may be rebuilt (or cleaned) while these tests run.
+	if tmp, err := os.MkdirTemp("", "pmagent"); err == nil {
+		if exec.Command("cp", "-R", tl, filepath.Join(tmp, "testlib")).Run() == nil &&
+			exec.Command("cp", so, filepath.Join(tmp, "libprofilemate.so")).Run() == nil {
+			if _, err := os.Stat(filepath.Join(tmp, "testlib", "libcuda.so.1")); err == nil {
+				agentSO, testLibDir = filepath.Join(tmp, "libprofilemate.so"), filepath.Join(tmp, "testlib")
+			}
 		}
 	}
 	if agentSO == "" {
 		fmt.Fprintln(os.Stderr, "daemon tests: cupti/build test libraries unavailable (make -C cupti testlibs failed); the fake vLLM processes emulate the agent's ring protocol in Python")
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if agentSO != "" {
+		os.RemoveAll(filepath.Dir(agentSO))
+	}
+	os.Exit(code)
 }
 
 // fakeTree is a running testdata/fake_vllm.py process tree.
