@@ -50,3 +50,21 @@ func apiName(domain, cbid uint32) string {
 	}
 	return n
 }
+
+// ebpfAPIs names the eBPF probe ids (ebpf_launch.api, ebpf_sync.api): tracer.APIs, whose ids
+// are stable and append-only. export does not import tracer (DESIGN: export -> internal
+// only); TestEBPFAPINames keeps the two tables equal.
+var ebpfAPIs = []string{"", "cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx", "cuLaunchKernelEx_ptsz",
+	"cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", "cuGraphLaunch", "cuGraphLaunch_ptsz",
+	"cuMemcpyAsync", "cuMemcpyAsync_ptsz", "cuMemcpyHtoDAsync_v2", "cuMemcpyHtoDAsync_v2_ptsz", "cuMemcpyDtoHAsync_v2",
+	"cuMemcpyDtoHAsync_v2_ptsz", "cuMemcpyDtoDAsync_v2", "cuMemcpyDtoDAsync_v2_ptsz", "cuMemcpy2DAsync_v2",
+	"cuMemcpy2DAsync_v2_ptsz", "cuMemsetD8Async", "cuMemsetD8Async_ptsz", "cuMemsetD16Async", "cuMemsetD16Async_ptsz",
+	"cuMemsetD32Async", "cuMemsetD32Async_ptsz", "cuStreamSynchronize", "cuStreamSynchronize_ptsz", "cuEventSynchronize",
+	"cuCtxSynchronize", "cuCtxSynchronize_v2"}
+
+func ebpfAPIName(id uint16) string {
+	if int(id) < len(ebpfAPIs) && id > 0 {
+		return ebpfAPIs[id]
+	}
+	return "api_" + strconv.Itoa(int(id))
+}

@@ -393,7 +393,7 @@ func launchTables(s *Session) []output {
 	for _, st := range s.Streams {
 		n += len(st.Launches)
 	}
-	t := &table{body: make([]byte, 0, 160*n), name: "launch_attribution.csv", header: []string{"timestamp_sec", "pid", "tid", "api_id", "phase", "python_function",
+	t := &table{body: make([]byte, 0, 160*n), name: "launch_attribution.csv", header: []string{"timestamp_sec", "pid", "tid", "api_id", "api", "phase", "python_function",
 		"correlation_id", "cuda_api", "gpu_kind", "gpu_name", "gpu_start_sec", "gpu_duration_us", "launch_to_gpu_us", "step_id", "bytes"}}
 	agg := &table{name: "launch_phases.csv", header: []string{"pid", "phase", "launches", "joined", "gpu_time_us", "kernels", "graphs", "copies", "memsets", "bytes"}}
 	type pk struct {
@@ -423,7 +423,7 @@ func launchTables(s *Session) []output {
 				fn = fn[:i]
 			}
 			rb := t.row()
-			rb.sec(l.TsNS, s.StartNs).int(int64(l.PID)).int(int64(l.TID)).int(int64(l.API)).str(ph).str(fn)
+			rb.sec(l.TsNS, s.StartNs).int(int64(l.PID)).int(int64(l.TID)).int(int64(l.API)).str(ebpfAPIName(l.API)).str(ph).str(fn)
 			p := j.procs[int(l.PID)]
 			ai := int32(-1)
 			if p != nil {

@@ -61,6 +61,8 @@ func golden(t testing.TB) string {
 	eb.Add(record.AppendEbpfPhaseDef(nil, &record.EbpfPhaseDef{Phase: 1, Name: []byte("forward\tGPUModelRunner.execute_model\t")}),
 		record.AppendEbpfCodeInfo(nil, &record.EbpfCodeInfo{Code: 0xabc, PID: wpid, Name: []byte("Attention.forward\tattn.py")}),
 		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(102.05), PID: wpid, TID: wtid, API: 3, Phase: 1, PyCode: 0xabc}),
+		// a driver entry probed 10 us before CUPTI's driver record of the same call starts
+		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(302.49), PID: wpid, TID: wtid, API: 1, Phase: 1}),
 		record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(900), PID: wpid, TID: wtid, API: 3, Phase: 0}),
 		record.AppendEbpfSync(nil, &record.EbpfSync{StartNS: at(206), EndNS: at(206.25), PID: wpid, TID: wtid, API: 9, Phase: 1}))
 	// encoder calls: one inside step 1 that launched api 1 (flash, 2000 us GPU, joined from
@@ -355,11 +357,13 @@ func TestGoldenEncoderAndSync(t *testing.T) {
 func TestGoldenLaunchAttribution(t *testing.T) {
 	out := exportGolden(t)
 	l := readCSV(t, filepath.Join(out, "launch_attribution.csv"))
-	eq(t, "corr", col(t, l, "correlation_id"), []string{"1", ""})
-	eq(t, "phase", col(t, l, "phase"), []string{"forward", "none"})
-	eq(t, "fn", col(t, l, "python_function"), []string{"Attention.forward", ""})
-	eq(t, "api", col(t, l, "cuda_api"), []string{"cuLaunchKernel", ""})
-	eq(t, "kernel", col(t, l, "gpu_name"), []string{"flash_fwd_kernel", ""})
-	eq(t, "latency", col(t, l, "launch_to_gpu_us"), []string{"2950.000", ""})
-	eq(t, "step", col(t, l, "step_id"), []string{"1", ""})
+	eq(t, "corr", col(t, l, "correlation_id"), []string{"1", "21", ""})
+	eq(t, "phase", col(t, l, "phase"), []string{"forward", "forward", "none"})
+	eq(t, "probe", col(t, l, "api"), []string{"cuLaunchKernelEx", "cuLaunchKernel", "cuLaunchKernelEx"})
+	eq(t, "fn", col(t, l, "python_function"), []string{"Attention.forward", "", ""})
+	eq(t, "api", col(t, l, "cuda_api"), []string{"cuLaunchKernel", "cuLaunchKernel", ""})
+	eq(t, "kernel", col(t, l, "gpu_name"), []string{"flash_fwd_kernel", "fused_moe_kernel", ""})
+	// GPU start 105 ms - probe 102.05 ms; 303.7 - 302.49
+	eq(t, "latency", col(t, l, "launch_to_gpu_us"), []string{"2950.000", "1210.000", ""})
+	eq(t, "step", col(t, l, "step_id"), []string{"1", "3", ""})
 }

@@ -375,25 +375,43 @@ func (p *procIndex) forwardAt(tid uint32, t uint64) *fwdStep {
 	return nil
 }
 
-// apiAt returns the api record on (tid) whose CPU interval contains t and whose
-// correlation id has GPU work (innermost first), else any containing record, else -1.
+// driverLag bounds how long after an eBPF launch probe (first instruction of the libcuda
+// entry point) CUPTI's driver-API record of the same call may start (docs/notes-ebpf.md §3).
+const driverLag = 50_000
+
+// apiAt returns the api record of thread tid that an eBPF launch probe at time t belongs
+// to, or -1. A record whose CPU interval contains t (the runtime call around the driver
+// entry) wins when its correlation id has GPU work; otherwise the first record that starts
+// at or after t, less than driverLag later (the driver call itself: the probe fires before
+// CUPTI timestamps it); then any containing record.
 func (p *procIndex) apiAt(tid uint32, t uint64) int32 {
 	l := p.byTid[tid]
 	k := sort.Search(len(l), func(x int) bool { return p.apis[l[x]].StartNS > t }) - 1
-	best := int32(-1)
-	for n := 0; k >= 0 && n < 8; k, n = k-1, n+1 {
-		a := &p.apis[l[k]]
+	contain := int32(-1)
+	for i, n := k, 0; i >= 0 && n < 8; i, n = i-1, n+1 {
+		a := &p.apis[l[i]]
 		if a.EndNS < t {
 			continue
 		}
 		if p.gpuFirst.get(a.CorrelationID) >= 0 {
-			return l[k]
+			return l[i]
 		}
-		if best < 0 {
-			best = l[k]
+		if contain < 0 {
+			contain = l[i]
 		}
 	}
-	return best
+	if k+1 < len(l) && k >= -1 {
+		for i := k + 1; i < len(l) && i <= k+4; i++ {
+			a := &p.apis[l[i]]
+			if a.StartNS-t >= driverLag {
+				break
+			}
+			if p.gpuFirst.get(a.CorrelationID) >= 0 {
+				return l[i]
+			}
+		}
+	}
+	return contain
 }
 
 type ival struct{ a, b uint64 }
