@@ -989,9 +989,16 @@ enum { KB_CK = 1, KB_GT = 2, KB_MEMCPY = 4, KB_MEMSET = 8, KB_SYNC = 16, KB_OVH 
 /* PROFILEMATE_KINDS: a debug mask over the KB_* bits (decimal or 0x…) that narrows what a
  * detail level enables, for overhead experiments. Read at each applied control change, so an
  * experiment can change it (putenv) between two control writes. */
+static int pm_kinds_env; /* PROFILEMATE_KINDS was set at start: only then re-read (getenv off the app threads is racy) */
 static void load_kinds_mask(void)
 {
+	static int first = 1;
+	if (!first && !pm_kinds_env)
+		return;
 	const char *v = getenv("PROFILEMATE_KINDS");
+	if (first)
+		pm_kinds_env = v != NULL;
+	first = 0;
 	uint32_t m = PM_KINDS_DEFAULT;
 	if (v && *v) {
 		char *end;

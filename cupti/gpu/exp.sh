@@ -6,7 +6,7 @@ D=$(cd "${1:-.gpu}" && pwd); OUT=${2:-/tmp/pm-exp}; REPS=${3:-3}; SEG=${4:-1.0}
 mkdir -p "$OUT"; J="$OUT/exp.jsonl"; : > "$J"
 X="$D/cupti-gpu/exp.py"; PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"; date -u +%FT%TZ | tee -a "$OUT/gpu.txt"
-AG="LD_PRELOAD=$D/libprofilemate.so PROFILEMATE_RING_KB=131072 PROFILEMATE_MAX_MB=512"
+AG="LD_PRELOAD=$D/libprofilemate.so PROFILEMATE_KINDS=0xcf PROFILEMATE_RING_KB=131072 PROFILEMATE_MAX_MB=512"  # KINDS set at start: re-read at each control change
 GCFG=dormant,def=graph:0xff,def_rb=graph:0xff::rb,ckgt=graph:0x3,gt=graph:0x2,gt_rb=graph:0x2::rb,rest=graph:0xfc,drvapi=graph:0x7f,nosyncovh=graph:0xcf,lean=graph:0x4f,nodes=nodes:0xff,nodes_rb=nodes:0xff::rb,gtwin8=graph:0x1ff:8
 ECFG=dormant,def=graph:0xff,ck=graph:0x1,ckdrv=graph:0x41,ckrt=graph:0x81,rest=graph:0xfc,lean=graph:0x4f,nosyncovh=graph:0xcf,samp8=graph:0xff:8,samp8lean=graph:0x4f:8
 r() { timeout 100 env "$@" 2>>"$OUT/stderr.txt" || echo "FAILED: $*" | tee -a "$OUT/stderr.txt"; }
