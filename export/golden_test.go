@@ -367,3 +367,24 @@ func TestGoldenLaunchAttribution(t *testing.T) {
 	eq(t, "latency", col(t, l, "launch_to_gpu_us"), []string{"2950.000", "1210.000", ""})
 	eq(t, "step", col(t, l, "step_id"), []string{"1", "3", ""})
 }
+
+// Producers in a container report namespace thread ids; eBPF reports host ids. With the
+// collector's extra.tid_map the launch still joins.
+func TestGoldenNamespaceTids(t *testing.T) {
+	b := exporttest.New(t0)
+	cu := b.Stream(wpid, "cupti")
+	cu.Meta.Extra = map[string]any{"tid_map": map[string]any{"7": 4007}}
+	cu.Add(exporttest.Name(1, "k"), exporttest.API(1, 7, 307, at(1), at(2)), exporttest.Kernel(1, 1, at(3), at(4)))
+	eb := b.Stream(wpid, "ebpf")
+	eb.Add(record.AppendEbpfLaunch(nil, &record.EbpfLaunch{TsNS: at(1.5), PID: wpid, TID: 4007, API: 1}))
+	dir := filepath.Join(t.TempDir(), "session_ns")
+	if err := b.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "o")
+	if _, err := Export(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	l := readCSV(t, filepath.Join(out, "launch_attribution.csv"))
+	eq(t, "corr", col(t, l, "correlation_id"), []string{"1"})
+}

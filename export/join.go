@@ -2,6 +2,7 @@ package export
 
 import (
 	"sort"
+	"strconv"
 
 	"github.com/profilemate/profilemate-trace/internal/record"
 )
@@ -187,7 +188,14 @@ func (s *Session) join() *join {
 			continue
 		}
 		p := proc(pid)
+		tm := tidMap(st)
+		n0 := len(p.apis)
 		p.apis = append(p.apis, st.APIs...)
+		if tm != nil {
+			for i := n0; i < len(p.apis); i++ {
+				p.apis[i].TID = mapTid(tm, p.apis[i].TID)
+			}
+		}
 		if p.gpu == nil {
 			p.gpu = make([]gpuItem, 0, len(st.Kernels)+len(st.Graphs)+len(st.Memcpys)+len(st.Memsets))
 		}
@@ -212,9 +220,11 @@ func (s *Session) join() *join {
 			p.gpu = append(p.gpu, gpuItem{start: m.StartNS, end: m.EndNS, bytes: m.Bytes, pid: pid, device: m.DeviceID, stream: m.StreamID, corr: m.CorrelationID, graphID: m.GraphID, kind: kindMemset})
 		}
 		for _, d := range st.Dispatches {
+			d.TID = mapTid(tm, d.TID)
 			p.dispatch[d.TID] = append(p.dispatch[d.TID], d)
 		}
 		for _, f := range st.Forwards {
+			f.TID = mapTid(tm, f.TID)
 			p.fwd = append(p.fwd, fwdStep{rec: f, pid: pid})
 		}
 	}
@@ -236,6 +246,32 @@ func (s *Session) join() *join {
 	}
 	s.joined = j
 	return j
+}
+
+// tidMap reads the optional stream metadata extra.tid_map {"<tid as the producer saw it>":
+// <host tid>}: CUPTI and the hook report thread ids of their own pid namespace, eBPF host
+// ids; the collector records the mapping (/proc/PID/task/TID/status NSpid) when they differ.
+func tidMap(st *Stream) map[uint32]uint32 {
+	raw, ok := st.Meta.Extra["tid_map"].(map[string]any)
+	if !ok || len(raw) == 0 {
+		return nil
+	}
+	m := make(map[uint32]uint32, len(raw))
+	for k, v := range raw {
+		ns, err := strconv.ParseUint(k, 10, 32)
+		h, ok := v.(float64)
+		if err == nil && ok && h > 0 && h < 1<<32 {
+			m[uint32(ns)] = uint32(h)
+		}
+	}
+	return m
+}
+
+func mapTid(m map[uint32]uint32, tid uint32) uint32 {
+	if h, ok := m[tid]; ok {
+		return h
+	}
+	return tid
 }
 
 func indexByte(s string, c byte) int {
