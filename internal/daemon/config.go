@@ -38,8 +38,10 @@ const (
 	// DefaultMaxDuration refuses windows longer than an hour: a forgotten capture would keep
 	// every GPU process of a server collecting.
 	DefaultMaxDuration = time.Hour
-	// DefaultMaxRunning bounds concurrent captures (each drains rings every 100 ms).
-	DefaultMaxRunning = 32
+	// DefaultMaxRunning bounds concurrent captures: one per GPU of an 8-GPU node. Each
+	// capture drains its rings every 100 ms and, with eBPF, loads its own tracer (measured
+	// ~20 MB RSS and ~22 BPF descriptors each; docs/notes-daemon.md).
+	DefaultMaxRunning = 8
 	// DefaultScan is how often /proc is walked for vLLM processes coming and going.
 	DefaultScan = 2 * time.Second
 	// DefaultShutdownTimeout fits in Kubernetes' 30 s default grace period with room for

@@ -468,3 +468,24 @@ func TestAllowlist(t *testing.T) {
 		t.Errorf("%+v", c)
 	}
 }
+
+// TestMaxRunning: beyond --max-running, a request gets 429 with Retry-After.
+func TestMaxRunning(t *testing.T) {
+	a := startFake(t, "solo", 0)
+	b := startFake(t, "solo", 0)
+	td := newTestDaemon(t, func(c *Config) { c.MaxRunning = 1 })
+	first := td.capture(t, fmt.Sprintf(`{"pid": %d, "duration": "1500ms"}`, a.pid))
+	resp, err := td.raw("POST", "/captures", fmt.Sprintf(`{"pid": %d, "duration": "1s"}`, b.pid), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "--max-running") {
+		t.Errorf("over the limit: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	td.wait(t, first.ID)
+	if c := td.wait(t, td.capture(t, fmt.Sprintf(`{"pid": %d, "duration": "300ms"}`, b.pid)).ID); c.State != StateDone {
+		t.Errorf("after the first ended: %+v", c)
+	}
+}

@@ -109,7 +109,7 @@ func TestLoadTwentyProcesses(t *testing.T) {
 	for range n {
 		fakes = append(fakes, startFake(t, "solo", 0, "FAKE_VLLM_RATE=5"))
 	}
-	td := newTestDaemon(t, nil)
+	td := newTestDaemon(t, func(c *Config) { c.MaxRunning = 32 })
 	td.wait(t, td.capture(t, fmt.Sprintf(`{"pid": %d, "duration": "200ms"}`, fakes[0].pid)).ID)
 	td.http.CloseIdleConnections()
 	base := settle(usage{fds: 1 << 30, goroutines: 1 << 30})

@@ -142,6 +142,9 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Die with the parent (the test, or this tree's root), so a killed test leaves nothing.
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if a.role == "engine":
         with open("/proc/self/comm", "w") as f:
             f.write("VLLM::EngineCor")
