@@ -12,12 +12,17 @@ date -u +%FT%TZ >> gpu.txt
 for rep in $(seq 1 "$REPS"); do
   for loopsize in graph:small graph:8b eager:small; do
     loop=${loopsize%%:*}; size=${loopsize##*:}; tag=$loop-$size
-    for mode in untraced dormant graph nodes torchprof; do
+    for mode in untraced dormant dormant-armgraph graph lean nodes torchprof; do
       sess="$OUT/s-$tag-$mode-$rep"
       case $mode in
         untraced)  line=$($PY "$D/bench.py" --loop $loop --size $size --seconds $SECS) ;;
         dormant)   line=$(LD_PRELOAD="$D/libprofilemate.so" $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS) ;;
-        graph|nodes) line=$("$D/profilemate-trace" run --detail $mode --agent "$D/libprofilemate.so" --no-pyhook --no-bundle -o "$sess" -- \
+        # dormant, but with CUDA-graph tracing armed at cuInit (what a later graph-level attach needs)
+        dormant-armgraph) line=$(LD_PRELOAD="$D/libprofilemate.so" PROFILEMATE_ARM=graph $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS) ;;
+        # graph level with only kernel and graph-trace records (no copies, memsets, API records)
+        lean)      line=$(PROFILEMATE_KINDS=0x03 "$D/profilemate-trace" run --detail graph --agent "$D/libprofilemate.so" --no-pyhook --no-ebpf --no-bundle -o "$sess" -- \
+                       $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS 2>/dev/null | tail -1) ;;
+        graph|nodes) line=$("$D/profilemate-trace" run --detail $mode --agent "$D/libprofilemate.so" --no-pyhook --no-ebpf --no-bundle -o "$sess" -- \
                        $PY "$D/bench.py" --loop $loop --size $size --seconds $SECS 2>/dev/null | tail -1) ;;
         torchprof) line=$($PY "$D/bench.py" --loop $loop --size $size --seconds $SECS --torch-profiler) ;;
       esac

@@ -21,4 +21,9 @@ if [ -x "$D/ebpf/tracer/tracer.test" ]; then
     PROFILEMATE_FAKECUDA="$D/ebpf/bpf/testdata/libcuda.so.1" ./tracer.test -test.run TestGPUPhases -test.v) 2>&1 | tee ebpf-gpu.txt
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 fi
+# eBPF cost per probed launch and an eager torch loop with and without the tracer.
+if [ -x "$D/ebpf/tracer/tracer.test" ] && [ -n "${EBPF_BENCH:-}" ]; then
+  (cd "$D/ebpf/tracer" && PROFILEMATE_GPU=1 PROFILEMATE_GPU_DIR="$D/ebpf/bpf/gpu" PROFILEMATE_GPU_PYTHON=$(command -v $PY) \
+    PROFILEMATE_FAKECUDA="$D/ebpf/bpf/testdata/libcuda.so.1" ./tracer.test -test.run '^$' -test.bench 'GPUEager|ProbedLaunch' -test.benchtime 1x) 2>&1 | tee ebpf-bench.txt
+fi
 exit $rc
