@@ -34,9 +34,3 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 $PY "$D/bench_report.py" results.jsonl gpu.txt | tee bench.md
-# eBPF: cost per probed launch (phase found near the top vs a deep walk) and an eager torch
-# loop with and without the tracer attached.
-if [ -x "$D/ebpf/tracer/tracer.test" ]; then
-  (cd "$D/ebpf/tracer" && PROFILEMATE_GPU=1 PROFILEMATE_GPU_DIR="$D/ebpf/bpf/gpu" PROFILEMATE_GPU_PYTHON=$(command -v $PY) \
-    PROFILEMATE_FAKECUDA="$D/ebpf/bpf/testdata/libcuda.so.1" ./tracer.test -test.run '^$' -test.bench 'GPUEager|ProbedLaunch' -test.benchtime 1x) 2>&1 | tee ebpf-bench.txt
-fi
