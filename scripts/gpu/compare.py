@@ -34,8 +34,9 @@ def check(name, ok, detail):
 
 
 def raw_streams(session):
+    """The CUPTI streams of a session: [(meta, [(record name, fields)])]."""
     out = []
-    for p in sorted(glob.glob(os.path.join(session, "raw", "*.pmr"))):
+    for p in sorted(glob.glob(os.path.join(session, "raw", "*.cupti.pmr"))):
         b = open(p, "rb").read()
         mlen = struct.unpack_from("<I", b, 12)[0]
         meta = json.loads(b[16 : 16 + mlen])
@@ -56,54 +57,57 @@ def kernels_csv(session):
         return list(csv.DictReader(f))
 
 
-def by_name(rows_):
-    d = {}
-    for r in rows_:
-        key = r["demangled_name"] or r["raw_name"]
-        d[key] = r
-        d.setdefault(r["raw_name"], r)
-    return d
+G, N = kernels_csv(gdir), kernels_csv(ndir)
+gs, ns = raw_streams(gdir), raw_streams(ndir)
+main_pid, main_pid_nodes = exp["main_pid"], expn["main_pid"]
+# Demangled names as the export writes them (torch.profiler reports demangled names).
+demangled = {}
+for r in G + N:
+    demangled[r["raw_name"]] = r["demangled_name"] or r["raw_name"]
 
 
-def median_us(streams, pid, raw):
-    names = {}
-    durs = []
+def counts(streams, pid):
+    """Per demangled kernel name: (all, inside graphs, sorted durations us) for one process."""
+    out = {}
     for meta, recs in streams:
         if meta["pid"] != pid:
             continue
-        for n, r in recs:
-            if n == "kernel_name":
-                names[r["name_id"]] = r["name"].decode(errors="replace")
-        for n, r in recs:
-            if n == "kernel" and names.get(r["name_id"]) == raw:
-                durs.append((r["end_ns"] - r["start_ns"]) / 1e3)
-    durs.sort()
-    return durs[len(durs) // 2] if durs else None
+        names = {r["name_id"]: r["name"].decode(errors="replace") for k, r in recs if k == "kernel_name"}
+        for k, r in recs:
+            if k != "kernel":
+                continue
+            n = demangled.get(names.get(r["name_id"], ""), names.get(r["name_id"], ""))
+            c = out.setdefault(n, [0, 0, []])
+            c[0] += 1
+            c[1] += 1 if r["graph_id"] else 0
+            c[2].append((r["end_ns"] - r["start_ns"]) / 1e3)
+    for c in out.values():
+        c[2].sort()
+    return out
 
 
-G, N = kernels_csv(gdir), kernels_csv(ndir)
-gs, ns = raw_streams(gdir), raw_streams(ndir)
-gmap, nmap = by_name(G), by_name(N)
-main_pid, main_pid_nodes = exp["main_pid"], expn["main_pid"]
+gc, nc = counts(gs, main_pid), counts(ns, main_pid_nodes)
+# The CSV is the sum over processes of the raw streams.
+for label, rows_, streams in (("graph", G, gs), ("nodes", N, ns)):
+    total = sum(sum(1 for k, _ in recs if k == "kernel") for _, recs in streams)
+    check(f"gpu_kernels.csv count == raw kernel records ({label})", sum(int(r["count"]) for r in rows_) == total, f"{total} records")
 
-# Kernel counts and medians against torch.profiler.
+# Kernel counts and medians against torch.profiler (main process).
 unmatched = []
 for name, t in sorted(tp["kernels"].items(), key=lambda kv: -kv[1]["count"]):
-    nrow = nmap.get(name)
-    if nrow is None:
+    if name not in nc:
         unmatched.append(name)
         continue
-    graph_n = int(nrow["graph_count"])
-    check(f"nodes count {nrow['kernel_name'][:60]}", int(nrow["count"]) == t["count"], f"ours {nrow['count']} torch {t['count']}")
-    grow = gmap.get(name)
-    want_eager = t["count"] - graph_n
-    got_eager = int(grow["eager_count"]) if grow else 0
-    check(f"graph-level eager count {nrow['kernel_name'][:50]}", got_eager == want_eager, f"ours {got_eager} torch {t['count']} - {graph_n} in graphs")
-    if t["count"] >= 20:
-        med = median_us(ns, main_pid_nodes, nrow["raw_name"])
-        if med:
-            rel = abs(med - t["median_us"]) / t["median_us"] if t["median_us"] else 0
-            check(f"median {nrow['kernel_name'][:60]}", rel <= 0.02, f"ours {med:.3f} us torch {t['median_us']:.3f} us ({100*rel:.2f} %)")
+    n_all, n_graph, durs = nc[name]
+    short = name.split("<")[0].replace("void ", "")[:60]
+    check(f"nodes count {short}", n_all == t["count"], f"ours {n_all} torch {t['count']}")
+    g_eager = gc.get(name, [0, 0, []])
+    check(f"graph-level eager count {short}", g_eager[0] - g_eager[1] == t["count"] - n_graph,
+          f"ours {g_eager[0] - g_eager[1]} torch {t['count']} - {n_graph} in graphs")
+    if t["count"] >= 20 and durs:
+        med = durs[len(durs) // 2]
+        rel = abs(med - t["median_us"]) / t["median_us"] if t["median_us"] else 0
+        check(f"median {short}", rel <= 0.02, f"ours {med:.3f} us torch {t['median_us']:.3f} us ({100*rel:.2f} %)")
 check("every torch.profiler kernel name matched", not unmatched, "; ".join(unmatched[:5]))
 
 # Graph replays.
