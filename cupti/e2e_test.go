@@ -1092,3 +1092,42 @@ func hasLog(c *capture, sub string) bool {
 	}
 	return false
 }
+
+// TestDormantLeavesCUPTIUntouched: preloaded with no tracer (the default PROFILEMATE_ARM=none),
+// the agent makes no CUPTI call at all until the first enable, which arms CUPTI late: records
+// flow, the ring says "late start", and graphs come per node (GRAPH_TRACE cannot start late).
+func TestDormantLeavesCUPTIUntouched(t *testing.T) {
+	p := start(t, baseEnv(true, "PROFILEMATE_FLUSH_MS=50", "MOCK_CUPTI_LOG=1"), "loop")
+	pid := pidOf(t, p.waitLine("PID", 5*time.Second))
+	p.waitLine("READY", 5*time.Second)
+	r := findRing(t, pid, 2*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if strings.Contains(p.stderr(), "cuptiSubscribe") || strings.Contains(p.stderr(), "RegisterCallbacks") {
+		t.Fatalf("dormant agent called CUPTI: %q", p.stderr())
+	}
+	if h := r.Header(); h.ProducerFlags&ring.FlagArmedAtInit != 0 || h.ProducerState != ring.StateRunning {
+		t.Fatalf("dormant header: flags %#x state %d", h.ProducerFlags, h.ProducerState)
+	}
+	if err := Enable(r, ring.DetailGraph, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.quit()
+	c := newCapture()
+	c.drain(t, r)
+	if !strings.Contains(p.stderr(), "cuptiSubscribe") {
+		t.Errorf("enable did not arm CUPTI: %q", p.stderr())
+	}
+	if r.Header().ProducerFlags&ring.FlagLateStart == 0 || !hasLog(c, "armed CUPTI at the first enable") {
+		t.Errorf("late start not reported: flags %#x logs %q", r.Header().ProducerFlags, c.logs)
+	}
+	nodes := 0
+	for _, k := range c.kernels {
+		if k.GraphID != 0 {
+			nodes++
+		}
+	}
+	if len(c.kernels) == 0 || nodes == 0 || len(c.graphs) != 0 {
+		t.Errorf("after a late enable: %d kernels (%d in graphs), %d graph_trace", len(c.kernels), nodes, len(c.graphs))
+	}
+}
