@@ -26,7 +26,6 @@ worker_step = 0       # worker step id in this process
 errors_total = 0
 
 _mono = time.monotonic_ns
-_tid = threading.get_native_id
 
 _started = False
 _mode = "off"         # "spill" | "tracer" | "dormant" | "off"
@@ -123,10 +122,56 @@ _S_PINFO = _spec(R.PROCESS_INFO)
 _S_CTL = _spec(R.CONTROL_CHANGE)
 
 
+PENDING = []          # framed records not yet copied into the ring (list.append is atomic)
+_PENDING_MAX = 128
+_ZEROS = bytes(8)
+
+
 def _w(spec, vals, tail=None):
+    """Frame one record and queue it; the hot path takes no lock. The queue is copied into
+    the ring in batches by flush(): when it holds _PENDING_MAX records, every 50 ms by the
+    hook thread, before any drain, at fork and at exit."""
+    if RING is None:
+        return
+    st, t, size = spec
+    if tail:
+        n = (size + len(tail) + 7) & ~7
+        b = st.pack(t, 0, n, *vals) + tail
+        if n - size - len(tail):
+            b += _ZEROS[:n - size - len(tail)]
+    else:
+        b = st.pack(t, 0, size, *vals)
+    PENDING.append(b)
+    if len(PENDING) >= _PENDING_MAX:
+        flush()
+
+
+def flush():
+    """Copy queued records into the ring (serialised by the ring's lock; writers that append
+    meanwhile land behind the prefix taken here)."""
     r = RING
-    if r is not None:
-        r.write_rec(spec[0], spec[1], spec[2], vals, tail)
+    if r is None or not PENDING:
+        return
+    with r.lock:
+        n = len(PENDING)
+        if not n:
+            return
+        chunk = PENDING[:n]
+        del PENDING[:n]
+        r.write_many_locked(chunk)
+
+
+_tids = {}
+_get_ident = threading.get_ident
+
+
+def _tid():
+    """Native thread id, cached per Python thread (get_native_id costs ~0.4 µs)."""
+    i = _get_ident()
+    t = _tids.get(i)
+    if t is None:
+        t = _tids[i] = threading.get_native_id()
+    return t
 
 
 def emit_kv(op, pool_id, num_free, aux, ids):
@@ -198,6 +243,7 @@ def emit_hook_stats():
     r = RING
     if r is None:
         return
+    flush()
     n_inst = sum(1 for p in _patches if p.status == 1)
     # counters reflect the state before this record
     _w(_S_STATS, (_mono(), r.written, r.dropped, errors_total, _tid(), n_inst))
@@ -319,6 +365,7 @@ class _Spill:
             return
         with self.lock:
             try:
+                flush()
                 b = RING.read_available()
                 if b:
                     self.f.write(b)
@@ -364,6 +411,7 @@ def _loop():
         if r is None:
             continue
         try:
+            flush()
             enable, detail, seq, hb = r.control()
             if _mode == "spill" and hb and hb != hb_seen and hb_seen:
                 # a tracer attached and is consuming: hand the ring over, stop spilling
@@ -500,6 +548,8 @@ def _after_fork_child():
     old = RING
     RING = None
     ON = False
+    del PENDING[:]  # the parent's queued records are the parent's
+    _tids.clear()
     _spill = None
     sched_step = 0
     worker_step = 0
@@ -529,6 +579,7 @@ def shutdown():
     _shutdown_pid = os.getpid()
     try:
         emit_hook_stats()
+        flush()
         RING.set_state(_ring.STATE_EXITED)
         if _spill is not None:
             _spill.close()

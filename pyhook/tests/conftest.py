@@ -22,6 +22,7 @@ class Hook:
         self.rt = rt
 
     def drain(self, names=None):
+        self.rt.flush()
         recs = decode(self.rt.RING.read_available())
         if names is not None:
             recs = [r for r in recs if r["_name"] in names]

@@ -6,14 +6,15 @@ def test_exception_in_hook_disables_patch_reports_once_and_vllm_continues(hook, 
     p = [x for x in rt._patches if x.name == "kv.block_pool"][0]
     pool = BlockPool(6, False, 16)
     hook.drain()
-    orig = rt.emit_kv
+    orig = kv._pool_ids
     calls = []
 
-    def boom(*a, **k):
-        calls.append(1)
-        raise RuntimeError("unexpected tensor device")
+    class Boom(dict):
+        def get(self, *a):
+            calls.append(1)
+            raise RuntimeError("unexpected tensor device")
 
-    rt.emit_kv = boom
+    kv._pool_ids = Boom()
     try:
         b = pool.get_new_blocks(2)             # hook raises inside: vLLM result unchanged
         assert [x.block_id for x in b] == [1, 2]
@@ -21,7 +22,7 @@ def test_exception_in_hook_disables_patch_reports_once_and_vllm_continues(hook, 
         assert pool.get_num_free_blocks() == 5
         pool.get_new_blocks(1)
     finally:
-        rt.emit_kv = orig
+        kv._pool_ids = orig
     assert len(calls) == 1
     err = capfd.readouterr().err
     assert err.count("patch kv.block_pool disabled after an error") == 1

@@ -82,7 +82,7 @@ r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
     pool = bp.BlockPool(4, False, 16); pool.get_new_blocks(2)
-    recs = rt.RING.read_available()
+    rt.flush(); recs = rt.RING.read_available()
     os.write(w, json.dumps({"pid": os.getpid(), "ring_pid": rt.RING.hi[6], "fd": rt.RING.fd,
                             "same": rt.RING is parent_ring, "n": len(recs),
                             "link": os.readlink("/proc/self/fd/%%d" %% rt.RING.fd),

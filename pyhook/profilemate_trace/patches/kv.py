@@ -4,7 +4,7 @@ BlockPool is the choke point for every allocate, free, touch and prefix-cache ev
 the scheduler process. One py_kv_blocks record per call, with the block ids as a u32 tail.
 """
 
-import threading
+import array
 
 from .. import runtime as rt
 from .base import Patch
@@ -12,7 +12,7 @@ from .base import Patch
 ALLOC, FREE, TOUCH, EVICT, EVICT_CONNECTOR, RESET, CACHED, UNPIN = 1, 2, 3, 4, 5, 6, 7, 8
 
 _pool_ids = {}          # id(pool) -> pool index (pools live as long as the scheduler)
-_TL = threading.local()
+_EV = []                # block ids evicted by _maybe_evict_cached_block, not yet emitted
 
 
 def pool_id(pool):
@@ -67,23 +67,48 @@ def install(p, mod):
         return w
     p.wrap(cls, "__init__", make_init)
 
+    S_KV = rt._S_KV
+    st_kv, t_kv, size_kv = S_KV
+    _arr = array.array
+    _mono = rt._mono
+    _tid = rt._tid
+    _pending = rt.PENDING
+    _flush = rt.flush
+    _max = rt._PENDING_MAX
+
+    def _emit(op, pid, nf, aux, ids):
+        # inlined rt.emit_kv: this runs for every allocation and free in the scheduler
+        t = _arr("I", ids).tobytes()
+        tl = len(t)
+        n = (size_kv + tl + 7) & ~7
+        b = st_kv.pack(t_kv, 0, n, _mono(), _tid(), op, pid, nf, aux, tl) + t
+        if n - size_kv - tl:
+            b += bytes(n - size_kv - tl)
+        _pending.append(b)
+        if len(_pending) >= _max:
+            _flush()
+
     def make_alloc(orig):
         def w(self, num_blocks, *a, **kw):
             if not (rt.ON and p.on):
                 return orig(self, num_blocks, *a, **kw)
-            _TL.evicted = ev = []
+            ev = _EV
+            mark = len(ev)
+            ret = orig(self, num_blocks, *a, **kw)
+            if not ret and len(ev) == mark:
+                return ret
             try:
-                ret = orig(self, num_blocks, *a, **kw)
-            finally:
-                _TL.evicted = None
-            try:
-                pid = pool_id(self)
-                nf = _nfree(self)
-                if ev:
-                    rt.emit_kv(EVICT, pid, nf, 0, ev)
+                pid = _pool_ids.get(id(self))
+                if pid is None:
+                    pid = pool_id(self)
+                nf = self.free_block_queue.num_free_blocks
+                if len(ev) > mark:
+                    _emit(EVICT, pid, nf, 0, ev[mark:])
+                    del ev[mark:]
                 if ret:
-                    rt.emit_kv(ALLOC, pid, nf, 0, [b.block_id for b in ret])
+                    _emit(ALLOC, pid, nf, 0, [b.block_id for b in ret])
             except Exception as e:
+                del ev[mark:]
                 p.fail(e)
             return ret
         return w
@@ -95,21 +120,26 @@ def install(p, mod):
                 return orig(self, ordered_blocks, *a, **kw)
             blocks = list(ordered_blocks)  # callers pass reversed() iterators and generators
             orig(self, blocks, *a, **kw)
+            if not blocks:
+                return
             try:
                 freed = []
                 kept = 0
                 for b in blocks:
-                    if b.is_null if hasattr(b, "is_null") else False:
-                        continue
-                    bp = getattr(b, "pool", None)
-                    if bp is not None and bp is not self:
-                        continue  # forwarded to its own pool, which records it
                     if b.ref_cnt == 0:
-                        freed.append(b.block_id)
+                        if not b.is_null:
+                            bp = getattr(b, "pool", None)
+                            if bp is None or bp is self:
+                                freed.append(b.block_id)
                     else:
-                        kept += 1
+                        bp = getattr(b, "pool", None)
+                        if (bp is None or bp is self) and not b.is_null:
+                            kept += 1
+                pid = _pool_ids.get(id(self))
+                if pid is None:
+                    pid = pool_id(self)
                 if freed or kept:
-                    rt.emit_kv(FREE, pool_id(self), _nfree(self), kept, freed)
+                    _emit(FREE, pid, self.free_block_queue.num_free_blocks, kept, freed)
             except Exception as e:
                 p.fail(e)
         return w
@@ -141,16 +171,14 @@ def install(p, mod):
         def make_evict(orig):
             def w(self, block, *a, **kw):
                 r = orig(self, block, *a, **kw)
-                if r:
-                    ev = getattr(_TL, "evicted", None)
-                    if ev is not None:
-                        ev.append(block.block_id)  # batched by get_new_blocks
-                    elif rt.ON and p.on:
+                if r and rt.ON and p.on:
+                    # collected and emitted in one record by get_new_blocks / evict_blocks
+                    _EV.append(block.block_id)
+                    if len(_EV) > 65536:  # called outside those (unknown caller): flush now
                         try:
-                            rt.emit_kv(EVICT_CONNECTOR if getattr(_TL, "connector", False) else EVICT,
-                                       pool_id(self), _nfree(self), 0, [block.block_id])
-                        except Exception as e:
-                            p.fail(e)
+                            _emit(EVICT, pool_id(self), _nfree(self), 0, _EV[:])
+                        finally:
+                            del _EV[:]
                 return r
             return w
         p.wrap(cls, "_maybe_evict_cached_block", make_evict)
@@ -160,11 +188,12 @@ def install(p, mod):
             def w(self, block_ids, *a, **kw):
                 if not (rt.ON and p.on):
                     return orig(self, block_ids, *a, **kw)
-                _TL.evicted = ev = []
+                mark = len(_EV)
                 try:
                     r = orig(self, block_ids, *a, **kw)
                 finally:
-                    _TL.evicted = None
+                    ev = _EV[mark:]
+                    del _EV[mark:]
                 try:
                     rt.emit_kv(EVICT_CONNECTOR, pool_id(self), _nfree(self), 0, ev)
                 except Exception as e:

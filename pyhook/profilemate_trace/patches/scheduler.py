@@ -102,9 +102,11 @@ def install(p_step, p_life, mod):
                         nrun, nwait = self.get_request_counts()
                     else:
                         nrun, nwait = len(self.running), len(self.waiting)
-                    rt.emit_sched((t0, t1, step, rt._tid(), rt.u32(total), n, mt, ms, rt.u32(nwait), rt.u32(nrun),
-                                   len(getattr(so, "scheduled_new_reqs", ())), nres, npre, pre, rt.u32(ptok), dec,
-                                   rt.u32(dtok), rt.u32(_nfree(self)), len(getattr(so, "finished_req_ids", ()))))
+                    # plain ints from len()/sums: packed as they are (a bad value raises inside
+                    # this try and disables the patch instead of writing garbage)
+                    rt.emit_sched((t0, t1, step, rt._tid(), total, n, mt, ms, nwait, nrun,
+                                   len(getattr(so, "scheduled_new_reqs", ())), nres, npre, pre, ptok, dec,
+                                   dtok, _nfree(self), len(getattr(so, "finished_req_ids", ()))))
                 except Exception as e:
                     p_step.fail(e)
             return so

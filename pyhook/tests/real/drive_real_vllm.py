@@ -23,7 +23,7 @@ def tiny_model_dir():
     d = tempfile.mkdtemp(prefix="pm-tiny-llama-")
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
            "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
-           "num_hidden_layers": 2, "vocab_size": 1024, "max_position_embeddings": 1024,
+           "num_hidden_layers": 2, "vocab_size": 1024, "max_position_embeddings": 32768,
            "rms_norm_eps": 1e-5, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f)
@@ -39,7 +39,7 @@ def _params(f):
         return set()
 
 
-def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching):
+def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching, max_model_len=512):
     import torch
     from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.core.sched.scheduler import Scheduler
@@ -48,9 +48,9 @@ def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching):
 
     md = tiny_model_dir()
     model_config = ModelConfig(model=md, tokenizer=md, skip_tokenizer_init=True, dtype="float32",
-                               max_model_len=512, seed=0)
+                               max_model_len=max_model_len, seed=0)
     scheduler_config = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens,
-                                       max_model_len=512, is_encoder_decoder=False,
+                                       max_model_len=max_model_len, is_encoder_decoder=False,
                                        enable_chunked_prefill=True)
     cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=prefix_caching)
     vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
@@ -134,7 +134,7 @@ def drive():
                 if o.finish_reason is not None:
                     finish[o.request_id] = str(o.finish_reason)
         vllm_usage.append(stats.kv_cache_usage if stats is not None else None)
-    recs = decode(rt.RING.read_available())
+    recs = decode((rt.flush(), rt.RING.read_available())[1])
     return vllm_config, s, recs, vllm_usage, vllm_events, finish, running_after_schedule, steps
 
 
@@ -156,7 +156,7 @@ def dispatcher(vllm_config):
     d = CudagraphDispatcher(vllm_config)
     d.initialize_cudagraph_keys(CUDAGraphMode.FULL, uniform_decode_query_len=1)
     old_api = "batch_descriptor" in _params(d.dispatch)  # 2025: dispatch(BatchDescriptor) on padded sizes
-    rt.RING.read_available()
+    (rt.flush(), rt.RING.read_available())[1]
     got = []
     for n, uni in ((3, True), (8, True), (5, False), (20, True)):
         if old_api:
@@ -167,7 +167,7 @@ def dispatcher(vllm_config):
         else:
             mode, desc = d.dispatch(n, uniform_decode=uni)
         got.append((int(mode.value), desc.num_tokens, getattr(desc, "num_reqs", None), repr(desc)))
-    recs = [r for r in decode(rt.RING.read_available()) if r["_name"] == "py_graph_dispatch"]
+    recs = [r for r in decode((rt.flush(), rt.RING.read_available())[1]) if r["_name"] == "py_graph_dispatch"]
     return got, recs
 
 

@@ -51,7 +51,7 @@ def main():
     p.on = True
     c = moe.attach(p, model)
     assert c is not None and sorted(c.layers.values()) == [0, 2]
-    rt.RING.read_available()
+    (rt.flush(), rt.RING.read_available())[1]
     torch.manual_seed(0)
     expect = torch.zeros((2, E), dtype=torch.int64)
     pairs = {}
@@ -73,7 +73,7 @@ def main():
                 pairs[(slot, a, b)] = pairs.get((slot, a, b), 0) + 1
     c.snapshot_start()
     c.snapshot_poll(force=True)
-    recs = decode(rt.RING.read_available())
+    recs = decode((rt.flush(), rt.RING.read_available())[1])
     counts = {r["layer_idx"]: list(memoryview(r["counts"]).cast("Q")) for r in recs
               if r["_name"] == "py_moe_expert_counts"}
     hists = {r["layer_idx"]: list(memoryview(r["bins"]).cast("Q")) for r in recs if r["_name"] == "py_moe_weight_hist"}
@@ -90,7 +90,7 @@ def main():
     r0.select_experts(None, torch.randn(4, E))
     c.snapshot_start()
     c.snapshot_poll(force=True)
-    recs2 = decode(rt.RING.read_available())
+    recs2 = decode((rt.flush(), rt.RING.read_available())[1])
     d0 = [list(memoryview(r["counts"]).cast("Q")) for r in recs2
           if r["_name"] == "py_moe_expert_counts" and r["layer_idx"] == 0][0]
     d2 = [list(memoryview(r["counts"]).cast("Q")) for r in recs2
