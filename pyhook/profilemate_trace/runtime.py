@@ -542,7 +542,7 @@ def _mp_finalizer():
 
 def _after_fork_child():
     """A forked child must not write into its parent's ring: make a fresh ring and threads."""
-    global RING, ON, _spill, sched_step, worker_step, _thread, _session_root, _shutdown_pid
+    global RING, ON, _spill, sched_step, worker_step, _session_root, _shutdown_pid
     _session_root = False  # the parent prints / exports the session once
     _shutdown_pid = None
     old = RING
@@ -573,7 +573,7 @@ _shutdown_pid = None
 
 def shutdown():
     """Flush at exit (atexit and multiprocessing finalizers). Idempotent per process."""
-    global ON, _shutdown_pid
+    global _shutdown_pid
     if _shutdown_pid == os.getpid() or RING is None:
         return
     _shutdown_pid = os.getpid()
@@ -590,29 +590,48 @@ def shutdown():
         _finish_session()
 
 
-def _finish_session():
+def _find_cli():
     import shutil
-    import subprocess
 
-    d = _session_dir
     exe = os.environ.get("PROFILEMATE_TRACE_BIN") or shutil.which("profilemate-trace")
     if not exe:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         cand = os.path.join(here, "bin", "profilemate-trace")
         if os.access(cand, os.X_OK):
             exe = cand
+    return exe
+
+
+def _finish_session():
+    """Option 2 ending, in the process that created the session: turn raw/ into the documented
+    files with the CLI (`export -o` into a sibling temp dir, then swapped in under the session's
+    name, so `session_*/` ends up holding metadata.json, the CSV/JSON files and raw/), or print
+    the command when the CLI is not available."""
+    import shutil
+    import subprocess
+
+    d = _session_dir.rstrip("/")
+    parent, name = os.path.split(d)
+    exe = _find_cli()
     if exe and CFG.AUTO_EXPORT:
+        tmp = os.path.join(parent, ".%s.export-%d" % (name, os.getpid()))
+        old = os.path.join(parent, ".%s.raw-%d" % (name, os.getpid()))
         try:
             time.sleep(0.3)  # let sibling processes finish their last spill
-            rc = subprocess.run([exe, "export", d], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                timeout=120).returncode
-            if rc == 0:
+            p = subprocess.run([exe, "export", "-o", tmp, d], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               timeout=300)
+            if p.returncode == 0 and os.path.isdir(tmp):
+                os.rename(d, old)
+                os.rename(tmp, d)
+                shutil.rmtree(old, ignore_errors=True)
                 log("session written: %s" % d)
                 return
-            log("'%s export %s' failed (exit %d)" % (exe, d, rc))
+            log("'%s export' failed (exit %d): %s" % (exe, p.returncode, p.stderr.decode(errors="replace")[-500:]))
         except Exception as e:
-            log("'%s export %s' failed: %r" % (exe, d, e))
-    log("raw hook streams in %s/raw; write the ProfileMate files with: profilemate-trace export %s" % (d, d))
+            log("'%s export' failed: %r" % (exe, e))
+        shutil.rmtree(tmp, ignore_errors=True)
+    log("raw hook streams in %s/raw; write the ProfileMate files with: profilemate-trace export -o %s.files %s"
+        % (d, d, d))
 
 
 def _status_line():

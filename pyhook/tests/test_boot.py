@@ -93,7 +93,7 @@ def test_option2_spill_session_fork_spawn(tmp_path):
     assert len(sessions) == 1
     sess = sessions[0]
     assert stat.S_IMODE(os.stat(sess).st_mode) == 0o700
-    assert "profilemate-trace export %s" % sess in out.stderr
+    assert "profilemate-trace export -o %s.files %s" % (sess, sess) in out.stderr
     assert out.stderr.count("profilemate-trace export") == 1  # only the session root prints it
     files = {int(os.path.basename(f).split(".")[0]): f for f in glob.glob(sess + "/raw/*.pyhook.pmr")}
     assert set(files) == set(pids), (files, pids)
@@ -222,3 +222,25 @@ def test_pth_activation(tmp_path):
     code = "import site, sys; site.addsitedir(%r); print('profilemate_trace._boot' in sys.modules)" % str(site)
     out = run(code, pythonpath=[FAKE])
     assert out.stdout.strip() == "True" and "Instrumentation Loaded" in out.stderr
+
+
+def test_option2_auto_export_swaps_in_documented_files(tmp_path):
+    """With the CLI available the session root runs `profilemate-trace export -o TMP SESSION`
+    at exit and swaps the result in under the session's name."""
+    stub = tmp_path / "profilemate-trace"
+    stub.write_text("#!/bin/sh\n"
+                    "# stub of the CLI: export -o OUT SESSION\n"
+                    "[ \"$1\" = export ] && [ \"$2\" = -o ] || exit 3\n"
+                    "mkdir -p \"$3\" && cp -r \"$4/raw\" \"$3/raw\" && echo '{}' > \"$3/metadata.json\" && "
+                    "echo 'timestamp_sec,usage_pct,num_blocks,total_blocks' > \"$3/kv_cache_usage.csv\"\n")
+    stub.chmod(0o755)
+    out = run("""
+        import vllm.v1.core.block_pool as bp
+        bp.BlockPool(8, False, 16).get_new_blocks(2)
+    """, {"VLLM_PROFILING_DIR": str(tmp_path / "prof"), "PROFILEMATE_TRACE_BIN": str(stub)})
+    assert out.returncode == 0, out.stderr
+    (sess,) = glob.glob(str(tmp_path / "prof" / "session_*"))
+    assert sorted(os.listdir(sess)) == ["kv_cache_usage.csv", "metadata.json", "raw"]
+    assert len(glob.glob(sess + "/raw/*.pyhook.pmr")) == 1
+    assert os.listdir(tmp_path / "prof") == [os.path.basename(sess)]  # temp dirs cleaned up
+    assert "session written: %s" % sess in out.stderr

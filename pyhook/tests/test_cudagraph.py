@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 
 def by(recs, name):

@@ -15,7 +15,6 @@ import inspect
 import sys
 
 from .. import runtime as rt
-from . import _ctx
 from ._ctx import TL, desc_info, mode_val
 from .base import Patch
 

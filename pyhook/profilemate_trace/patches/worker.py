@@ -12,7 +12,7 @@ PROFILEMATE_PYHOOK_VLLM_SCOPES=1.
 import sys
 
 from .. import runtime as rt
-from ._ctx import TL, classify, phase_of
+from ._ctx import classify, phase_of
 from .base import Patch
 
 _mono = rt._mono

@@ -3,13 +3,13 @@ graphs there). The router is a stand-in with vLLM's router shape (select_experts
 ids), top_k, global_num_experts) inside a module named like vLLM's MoE runner; vLLM's own
 routers call CUDA kernels and cannot run on the CPU. Prints RESULT json."""
 import json
-import sys
+
 
 import torch
 
 import profilemate_trace.runtime as rt
 from profilemate_trace.decode import decode
-from profilemate_trace.patches import base, moe, worker
+from profilemate_trace.patches import base, moe
 
 
 class Router:
