@@ -38,10 +38,12 @@ test: build testlibs ## run every test that needs no GPU (eBPF tests run for rea
 	$(GO) test $(GOTESTFLAGS) ./...
 	$(PYTHON) -m pytest -q pyhook/tests
 
-demo: build ## write the CSVs and report from the recorded H100 bundle in testdata/
+demo: build ## write the ProfileMate files, a Perfetto trace and the HTML report from the real H100 bundle in testdata/
 	rm -rf demo-out
-	$(BIN) export testdata/h100/session.tar.zst -o demo-out
-	@echo "demo output in demo-out/"; ls demo-out
+	$(BIN) export -o demo-out testdata/h100/session.tar.zst
+	$(BIN) export --format perfetto -o demo-out/trace.perfetto.json testdata/h100/session.tar.zst
+	$(BIN) report -o demo-out/report.html testdata/h100/session.tar.zst
+	@echo; echo "demo-out/: the session files, trace.perfetto.json (open in ui.perfetto.dev) and report.html"; ls demo-out
 
 gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scripts) in .gpu/
 	rm -rf $(GPU_DIST) && mkdir -p $(GPU_DIST)

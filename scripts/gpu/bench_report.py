@@ -12,7 +12,7 @@ for loop in sorted({r["loop"] for r in rows}):
     print(f"### {loop} loop (untraced: {base:.1f} steps/s)\n")
     print("| mode | steps/s (median) | cost vs untraced | runs (steps/s) | records | agent thread CPU per record | RSS delta |")
     print("|---|---|---|---|---|---|---|")
-    for mode in ("untraced", "dormant", "dormant-armgraph", "graph", "lean", "nodes", "torchprof"):
+    for mode in ("untraced", "dormant", "dormant-light", "dormant-armgraph", "graph", "lean", "nodes", "torchprof"):
         rs = [r for r in rows if r["loop"] == loop and r["mode"] == mode]
         if not rs:
             continue
