@@ -126,6 +126,9 @@ func Export(src, out string) (*Session, error) {
 	if err := copySources(src, tmp); err != nil {
 		return nil, err
 	}
+	if err := completeMetadata(s, tmp); err != nil {
+		return nil, err
+	}
 	if _, err := WriteDerived(s, tmp); err != nil {
 		return nil, err
 	}

@@ -361,6 +361,15 @@ func writeOutputs(sess *session.Dir, md *meta.Metadata, noBundle bool, res *Resu
 	if err != nil {
 		return fmt.Errorf("reading back the session: %w", err)
 	}
+	if patches := export.Patches(s); len(patches) > 0 {
+		md.PyhookPatches = patches
+		if b, err = md.Marshal(); err != nil {
+			return err
+		}
+		if err := sess.WriteFile("metadata.json", b); err != nil {
+			return err
+		}
+	}
 	if _, err := export.WriteDerived(s, sess.Path); err != nil {
 		return err
 	}

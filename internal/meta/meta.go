@@ -38,7 +38,10 @@ type Metadata struct {
 	Streams   any               `json:"streams"`
 	Drops     Drops             `json:"drops"`
 	Sources   map[string]string `json:"sources"`
-	Warnings  []string          `json:"warnings,omitempty"`
+	// PyhookPatches is the state of every Python-hook patch per process (installed,
+	// unavailable in this vLLM version, disabled, failed).
+	PyhookPatches any      `json:"pyhook_patches,omitempty"`
+	Warnings      []string `json:"warnings,omitempty"`
 }
 
 // Host describes the machine.
