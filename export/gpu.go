@@ -118,11 +118,8 @@ func graphAggs(s *Session) (map[graphKey]*graphAgg, []*graphAgg) {
 	by := map[graphKey]*graphAgg{}
 	for _, pid := range j.pids {
 		p := j.procs[pid]
-		for i := range p.gpu {
-			g := &p.gpu[i]
-			if g.kind != kindGraph {
-				continue
-			}
+		for _, r := range replaysOf(p) {
+			i, g := r.index, r.item
 			k := graphKey{pid, g.device, g.graphID}
 			a := by[k]
 			if a == nil {
@@ -175,11 +172,8 @@ func graphUsage(s *Session) (*table, *table) {
 	var rows []row
 	for _, pid := range j.pids {
 		p := j.procs[pid]
-		for i := range p.gpu {
-			g := &p.gpu[i]
-			if g.kind != kindGraph {
-				continue
-			}
+		for _, r := range replaysOf(p) {
+			i, g := r.index, r.item
 			d, ok := j.graphDesc[[2]int{pid, i}]
 			src := "dispatch"
 			if !ok {
@@ -281,4 +275,54 @@ func graphCaptures(s *Session) *table {
 		t.add(append(k.d.cells(), f3(s.Sec(a.first)), f6(float64(a.dur)/1e9), itoa(a.n), itoa(k.pid))...)
 	}
 	return t
+}
+
+// replay is one CUDA-graph launch: a graph_trace record (index into p.gpu), or, at
+// --detail nodes (no graph_trace), the node kernels of one launch folded together (index -1).
+type replay struct {
+	index int
+	item  *gpuItem
+}
+
+// replaysOf returns the graph launches of a process. Without graph-level records (detail
+// nodes, or a late attach where CUPTI cannot start graph tracing) the kernels of one launch
+// share the launch's correlation id and its graph id, so they are folded into one replay
+// spanning its first node's start to its last node's end.
+func replaysOf(p *procIndex) []replay {
+	var out []replay
+	for i := range p.gpu {
+		if p.gpu[i].kind == kindGraph {
+			out = append(out, replay{i, &p.gpu[i]})
+		}
+	}
+	if len(out) > 0 {
+		return out
+	}
+	type key struct {
+		device, graph, corr uint32
+	}
+	folded := map[key]*gpuItem{}
+	var order []key
+	for i := range p.gpu {
+		g := &p.gpu[i]
+		if g.kind != kindKernel || g.graphID == 0 {
+			continue
+		}
+		k := key{g.device, g.graphID, g.corr}
+		f := folded[k]
+		if f == nil {
+			c := *g
+			c.kind = kindGraph
+			folded[k] = &c
+			order = append(order, k)
+			continue
+		}
+		f.start = min(f.start, g.start)
+		f.end = max(f.end, g.end)
+	}
+	for _, k := range order {
+		out = append(out, replay{-1, folded[k]})
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].item.start < out[b].item.start })
+	return out
 }

@@ -92,4 +92,10 @@ func TestH100AttachBundle(t *testing.T) {
 	if kernels != 364756 || inGraphs != 343294 || !late {
 		t.Errorf("attach bundle: %d kernels, %d in graphs, late arm logged %v", kernels, inGraphs, late)
 	}
+	// Without graph-level records the node kernels of each launch fold into one replay:
+	// 7,006 launches of a 49-node graph.
+	usage, _ := graphUsage(s)
+	if len(usage.rows) != 1 || usage.rows[0][5] != "7006" {
+		t.Errorf("cuda_graph_usage.csv rows %v, want one graph with 7006 replays", usage.rows)
+	}
 }
