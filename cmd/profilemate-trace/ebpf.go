@@ -49,7 +49,6 @@ func ebpfExtra(c *cli.Context, log *slog.Logger, waitForLibcuda bool) capture.Ex
 		runCtx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- tr.Run(runCtx, w.sink) }()
-		go func() { <-ctx.Done() }()
 		return func() error {
 			cancel()
 			runErr := <-done

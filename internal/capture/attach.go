@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -163,27 +164,8 @@ func hasStreamSource(streams []collect.StreamInfo, src string) bool {
 
 func readCmdline(pid int) []string {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil {
+	if err != nil || len(b) == 0 {
 		return nil
 	}
-	var out []string
-	for _, p := range splitNul(b) {
-		out = append(out, p)
-	}
-	return out
-}
-
-func splitNul(b []byte) []string {
-	var out []string
-	start := 0
-	for i, c := range b {
-		if c == 0 {
-			out = append(out, string(b[start:i]))
-			start = i + 1
-		}
-	}
-	if start < len(b) {
-		out = append(out, string(b[start:]))
-	}
-	return out
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
