@@ -251,12 +251,21 @@ func (s *Session) join() *join {
 // tidMap reads the optional stream metadata extra.tid_map {"<tid as the producer saw it>":
 // <host tid>}: CUPTI and the hook report thread ids of their own pid namespace, eBPF host
 // ids; the collector records the mapping (/proc/PID/task/TID/status NSpid) when they differ.
+//
+// The collector writes the mapping as tid_map records into the stream itself (threads are
+// found while the capture runs); both sources are merged.
 func tidMap(st *Stream) map[uint32]uint32 {
-	raw, ok := st.Meta.Extra["tid_map"].(map[string]any)
-	if !ok || len(raw) == 0 {
+	raw, _ := st.Meta.Extra["tid_map"].(map[string]any)
+	recs := st.Other[record.TypeTIDMap]
+	if len(raw) == 0 && len(recs) == 0 {
 		return nil
 	}
-	m := make(map[uint32]uint32, len(raw))
+	m := make(map[uint32]uint32, len(raw)+len(recs))
+	for _, b := range recs {
+		if r, err := record.DecodeTIDMap(b); err == nil && r.HostTID != 0 {
+			m[r.NSTID] = r.HostTID
+		}
+	}
 	for k, v := range raw {
 		ns, err := strconv.ParseUint(k, 10, 32)
 		h, ok := v.(float64)

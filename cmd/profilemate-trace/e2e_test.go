@@ -4,11 +4,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/profilemate/profilemate-trace/export"
+	"github.com/profilemate/profilemate-trace/internal/record"
 )
 
 // testlibs builds the agent, the mock libcupti and the fake libcuda (cupti/testdata) and
@@ -157,5 +159,73 @@ func TestRunWithEBPFPhases(t *testing.T) {
 		if launches[k] != v {
 			t.Errorf("phase %q: %d launches, want %d (all: %v)", k, launches[k], v, launches)
 		}
+	}
+}
+
+// A traced process in its own pid namespace (a container): its stream is named by its host
+// pid, records the namespace pid, and maps the namespace thread ids that CUPTI reports to
+// host thread ids. Needs root for unshare (CI runs as root).
+func TestRunInPidNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("test requires root; CI runs as root, so this is a failure")
+		}
+		t.Skip("test requires root")
+	}
+	agent, lib := testlibs(t)
+	t.Setenv("LD_LIBRARY_PATH", lib)
+	t.Setenv("PROFILEMATE_CUPTI_PATH", filepath.Join(lib, "libcupti.so.13"))
+	r, w, _ := os.Pipe()
+	old := os.Stdin
+	os.Stdin = r
+	defer func() { os.Stdin = old }()
+	go func() {
+		time.Sleep(1500 * time.Millisecond) // several collector scans while the process lives
+		w.Write([]byte("quit\n"))
+		w.Close()
+	}()
+	base := t.TempDir()
+	code := run([]string{"profilemate-trace", "run", "--agent", agent, "--no-pyhook", "--no-ebpf", "--no-bundle", "-o", base, "--",
+		"unshare", "--pid", "--fork", "--mount-proc", filepath.Join(lib, "e2e_prog"), "basic"})
+	if code != 0 {
+		t.Fatalf("run exited %d", code)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(base, "session_*"))
+	s, err := export.Load(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, st := range s.Streams {
+		if st.Meta.Source != "cupti" {
+			continue
+		}
+		found = true
+		if st.Meta.NsPid != 1 || st.Meta.Pid == 1 || !strings.HasPrefix(st.File, "raw/"+strconv.Itoa(st.Meta.Pid)+".") {
+			t.Errorf("stream %s: pid %d, ns pid %d; want the host pid in the name and ns pid 1", st.File, st.Meta.Pid, st.Meta.NsPid)
+		}
+		m := map[uint32]uint32{}
+		for _, b := range st.Other[record.TypeTIDMap] {
+			tm, err := record.DecodeTIDMap(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[tm.NSTID] = tm.HostTID
+		}
+		if m[1] != uint32(st.Meta.Pid) {
+			t.Errorf("tid map %v: namespace tid 1 should map to host pid %d", m, st.Meta.Pid)
+		}
+		mainAPIs := 0
+		for _, a := range st.APIs {
+			if a.TID == 1 {
+				mainAPIs++
+			}
+		}
+		if mainAPIs == 0 {
+			t.Error("no API record on the main thread (namespace tid 1)")
+		}
+	}
+	if !found {
+		t.Fatal("no CUPTI stream from the namespaced process")
 	}
 }

@@ -84,12 +84,13 @@ type StreamInfo struct {
 const maxMessages = 20
 
 type stream struct {
-	info   StreamInfo
-	r      *ring.Reader
-	f      io.WriteCloser
-	w      *record.RawWriter
-	dead   bool
-	launch uint64
+	info    StreamInfo
+	tidSeen map[uint32]bool // namespace tids already written as tid_map records
+	r       *ring.Reader
+	f       io.WriteCloser
+	w       *record.RawWriter
+	dead    bool
+	launch  uint64
 }
 
 // Collector owns the rings and raw files of one capture.
@@ -225,7 +226,7 @@ func (c *Collector) Run(ctx context.Context, sock *ring.ControlSocket) {
 					if !ok {
 						return
 					}
-					if err := c.Add(in.Pid, in.Source, in.File, "socket"); err != nil {
+					if err := c.Add(hostPid(in), in.Source, in.File, "socket"); err != nil {
 						c.opts.Log.Warn("taking over a ring", "pid", in.Pid, "source", in.Source, "err", err)
 					}
 				default:
@@ -238,7 +239,7 @@ func (c *Collector) Run(ctx context.Context, sock *ring.ControlSocket) {
 				incoming = nil
 				continue
 			}
-			if err := c.Add(in.Pid, in.Source, in.File, "socket"); err != nil {
+			if err := c.Add(hostPid(in), in.Source, in.File, "socket"); err != nil {
 				c.opts.Log.Warn("taking over a ring", "pid", in.Pid, "source", in.Source, "err", err)
 			}
 		case <-scan.C:
@@ -249,6 +250,64 @@ func (c *Collector) Run(ctx context.Context, sock *ring.ControlSocket) {
 	}
 }
 
+// hostPid is the producer's pid in our namespace: the socket's peer credentials when the
+// kernel gave them, else what the producer said.
+func hostPid(in ring.Incoming) int {
+	if in.HostPid > 0 {
+		return in.HostPid
+	}
+	return in.Pid
+}
+
+// mapThreads appends a tid_map record for every thread of a namespaced producer not mapped yet:
+// CUPTI and the hook report namespace thread ids, eBPF host ones, and the joiner needs both.
+// Threads that start and end between two scans stay unmapped.
+func (c *Collector) mapThreads() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.streams {
+		if s.dead || s.info.NsPid == 0 {
+			continue
+		}
+		var recs []byte
+		for ns, host := range nsThreads(s.info.Pid) {
+			if s.tidSeen[ns] {
+				continue
+			}
+			if s.tidSeen == nil {
+				s.tidSeen = map[uint32]bool{}
+			}
+			s.tidSeen[ns] = true
+			recs = record.AppendTIDMap(recs, &record.TIDMap{TsNS: ring.MonotonicNs(), NSTID: ns, HostTID: host})
+		}
+		if len(recs) > 0 {
+			if err := s.w.Write(recs); err != nil {
+				c.opts.Log.Warn("writing thread ids", "file", s.info.File, "err", err)
+			}
+		}
+	}
+}
+
+// nsThreads maps the innermost-namespace thread ids of pid's threads to host thread ids.
+func nsThreads(pid int) map[uint32]uint32 {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	out := map[uint32]uint32{}
+	for _, e := range ents {
+		host, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ns := nsLast(filepath.Join(strconv.Itoa(pid), "task", e.Name())); ns > 0 {
+			out[uint32(ns)] = uint32(host)
+		}
+	}
+	return out
+}
+
 // scan walks the watched tree and opens rings not seen before.
 func (c *Collector) scan() {
 	c.mu.Lock()
@@ -257,6 +316,7 @@ func (c *Collector) scan() {
 		roots = append(roots, p)
 	}
 	c.mu.Unlock()
+	defer c.mapThreads()
 	for _, pid := range Descendants(roots) {
 		c.mu.Lock()
 		c.seen[pid] = true
@@ -331,6 +391,7 @@ func (c *Collector) drainOne(s *stream) {
 func (c *Collector) Finish() ([]StreamInfo, error) {
 	// Two passes: producers flush on their own thread every few hundred ms, and a process
 	// that just exited has nothing more to give, so a short settle is enough.
+	c.mapThreads()
 	c.Drain()
 	time.Sleep(c.opts.Poll)
 	c.Drain()
@@ -453,16 +514,17 @@ func readCmdline(pid int) []string {
 // pid itself and its ancestors (a ring inherited over fork belongs to an ancestor).
 func hostPidOf(pid, nsPid int) int {
 	for p, i := pid, 0; p > 1 && i < 64; p, i = readPpid(p), i+1 {
-		if nsLast(p) == nsPid {
+		if nsLast(strconv.Itoa(p)) == nsPid {
 			return p
 		}
 	}
 	return 0
 }
 
-// nsLast returns the innermost namespace pid from /proc/PID/status NSpid.
-func nsLast(pid int) int {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+// nsLast returns the innermost namespace id from /proc/<rel>/status NSpid (rel = "PID" or
+// "PID/task/TID").
+func nsLast(rel string) int {
+	b, err := os.ReadFile(filepath.Join("/proc", rel, "status"))
 	if err != nil {
 		return 0
 	}

@@ -49,6 +49,7 @@ const (
 	TypeStreamStats       Type = 193 // common
 	TypeLog               Type = 194 // common
 	TypeControlChange     Type = 195 // common
+	TypeTIDMap            Type = 196 // common
 )
 
 // Specs describes every generated record: name, source, fixed size and fields.
@@ -91,6 +92,7 @@ var Specs = map[Type]Spec{
 	TypeStreamStats:       {Name: "stream_stats", Source: "common", Size: 48, Tail: "", Fields: []FieldSpec{{Name: "ts_ns", Kind: "u64", Offset: 8, Count: 0}, {Name: "records_written", Kind: "u64", Offset: 16, Count: 0}, {Name: "records_dropped", Kind: "u64", Offset: 24, Count: 0}, {Name: "bytes_dropped", Kind: "u64", Offset: 32, Count: 0}, {Name: "source_dropped", Kind: "u64", Offset: 40, Count: 0}}},
 	TypeLog:               {Name: "log", Source: "common", Size: 24, Tail: "text", Fields: []FieldSpec{{Name: "ts_ns", Kind: "u64", Offset: 8, Count: 0}, {Name: "level", Kind: "u32", Offset: 16, Count: 0}, {Name: "text_len", Kind: "u32", Offset: 20, Count: 0}}},
 	TypeControlChange:     {Name: "control_change", Source: "common", Size: 40, Tail: "", Fields: []FieldSpec{{Name: "ts_ns", Kind: "u64", Offset: 8, Count: 0}, {Name: "enable", Kind: "u32", Offset: 16, Count: 0}, {Name: "detail", Kind: "u32", Offset: 20, Count: 0}, {Name: "seq", Kind: "u32", Offset: 24, Count: 0}, {Name: "sample_every", Kind: "u32", Offset: 28, Count: 0}, {Name: "reason", Kind: "u32", Offset: 32, Count: 0}, {Name: "reserved", Kind: "u32", Offset: 36, Count: 0}}},
+	TypeTIDMap:            {Name: "tid_map", Source: "common", Size: 24, Tail: "", Fields: []FieldSpec{{Name: "ts_ns", Kind: "u64", Offset: 8, Count: 0}, {Name: "ns_tid", Kind: "u32", Offset: 16, Count: 0}, {Name: "host_tid", Kind: "u32", Offset: 20, Count: 0}}},
 }
 
 // Kernel is one GPU kernel execution (CUPTI CONCURRENT_KERNEL). Under detail=graph only non-graph kernels; under detail=nodes also every node of a graph launch.
@@ -2041,5 +2043,37 @@ func AppendControlChange(dst []byte, r *ControlChange) []byte {
 	binary.LittleEndian.PutUint32(b[28:], r.SampleEvery)
 	binary.LittleEndian.PutUint32(b[32:], r.Reason)
 	binary.LittleEndian.PutUint32(b[36:], r.Reserved)
+	return dst
+}
+
+// TIDMap is a thread of a process in another pid namespace, as the tracer saw it in /proc/PID/task/TID/status NSpid: CUPTI and the hook report the namespace thread id, eBPF the host one.
+type TIDMap struct {
+	TsNS    uint64 // CLOCK_MONOTONIC ns when the tracer saw the thread
+	NSTID   uint32 // thread id inside the process's own pid namespace
+	HostTID uint32 // thread id in the tracer's (host) pid namespace
+}
+
+// DecodeTIDMap decodes a whole framed record (header included).
+func DecodeTIDMap(b []byte) (TIDMap, error) {
+	var r TIDMap
+	if err := check(b, TypeTIDMap, 24); err != nil {
+		return r, err
+	}
+	r.TsNS = binary.LittleEndian.Uint64(b[8:])
+	r.NSTID = binary.LittleEndian.Uint32(b[16:])
+	r.HostTID = binary.LittleEndian.Uint32(b[20:])
+	return r, nil
+}
+
+// AppendTIDMap appends r framed as a record; a tail's length field is set from the tail.
+func AppendTIDMap(dst []byte, r *TIDMap) []byte {
+	total := 24
+	start := len(dst)
+	dst = grow(dst, total)
+	b := dst[start:]
+	putHeader(b, TypeTIDMap, total)
+	binary.LittleEndian.PutUint64(b[8:], r.TsNS)
+	binary.LittleEndian.PutUint32(b[16:], r.NSTID)
+	binary.LittleEndian.PutUint32(b[20:], r.HostTID)
 	return dst
 }

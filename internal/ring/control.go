@@ -11,13 +11,18 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Incoming is one ring fd received over the control socket.
 type Incoming struct {
-	Source string   // "cupti", "pyhook", …
-	Pid    int      // pid as the producer sees it (its namespace)
-	File   *os.File // the ring memfd; pass to OpenFile
+	Source string // "cupti", "pyhook", …
+	Pid    int    // pid as the producer sees it (its namespace)
+	// HostPid is the producer's pid in the tracer's pid namespace, from the socket's peer
+	// credentials (the kernel translates it); 0 if unavailable.
+	HostPid int
+	File    *os.File // the ring memfd; pass to OpenFile
 }
 
 // ControlSocket receives ring fds from producers: each producer connects to the
@@ -130,5 +135,20 @@ func readOne(conn *net.UnixConn) (Incoming, bool) {
 	for _, f := range files[1:] {
 		f.Close()
 	}
-	return Incoming{Source: src, Pid: pid, File: files[0]}, true
+	return Incoming{Source: src, Pid: pid, HostPid: peerPid(conn), File: files[0]}, true
+}
+
+// peerPid returns the connected producer's pid as this process's namespace sees it.
+func peerPid(conn *net.UnixConn) int {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
 }

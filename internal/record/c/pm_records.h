@@ -963,4 +963,18 @@ _Static_assert(__builtin_offsetof(struct pm_rec_control_change, sample_every) ==
 _Static_assert(__builtin_offsetof(struct pm_rec_control_change, reason) == 32, "pm_rec_control_change.reason");
 _Static_assert(__builtin_offsetof(struct pm_rec_control_change, reserved) == 36, "pm_rec_control_change.reserved");
 
+/* A thread of a process in another pid namespace, as the tracer saw it in /proc/PID/task/TID/status NSpid: CUPTI and the hook report the namespace thread id, eBPF the host one. (common) */
+#define PM_REC_TID_MAP 196
+#define PM_REC_TID_MAP_SIZE 24
+struct pm_rec_tid_map {
+	struct pm_rec_hdr hdr; /* 0 */
+	uint64_t ts_ns; /* 8 CLOCK_MONOTONIC ns when the tracer saw the thread */
+	uint32_t ns_tid; /* 16 thread id inside the process's own pid namespace */
+	uint32_t host_tid; /* 20 thread id in the tracer's (host) pid namespace */
+};
+_Static_assert(sizeof(struct pm_rec_tid_map) == 24, "pm_rec_tid_map size");
+_Static_assert(__builtin_offsetof(struct pm_rec_tid_map, ts_ns) == 8, "pm_rec_tid_map.ts_ns");
+_Static_assert(__builtin_offsetof(struct pm_rec_tid_map, ns_tid) == 16, "pm_rec_tid_map.ns_tid");
+_Static_assert(__builtin_offsetof(struct pm_rec_tid_map, host_tid) == 20, "pm_rec_tid_map.host_tid");
+
 #endif /* PM_RECORDS_H */
