@@ -1,6 +1,7 @@
 package cupti
 
 import (
+	"regexp"
 	"strings"
 	"sync"
 
@@ -24,7 +25,10 @@ var demangleCache sync.Map // raw string -> demangled
 // in both. Results are cached by raw string; safe for concurrent use.
 //
 // The short form drops parameters and template arguments
-// ("at::native::vectorized_elementwise_kernel"); the full form keeps them.
+// ("at::native::vectorized_elementwise_kernel"); the full form keeps them. Generic kernels
+// that PyTorch instantiates for every operator get the operator back as a hint, so that
+// sin and mul do not share one label: "at::native::vectorized_elementwise_kernel<sin>",
+// "…<MulFunctor>".
 func Demangle(raw string) (short, full string) {
 	if v, ok := demangleCache.Load(raw); ok {
 		d := v.(demangled)
@@ -46,6 +50,39 @@ func demangleUncached(raw string) demangled {
 	short, err := demangle.ToString(raw, demangle.NoParams, demangle.NoTemplateParams, demangle.MaxLength(ShortMaxLength))
 	if err != nil || short == "" {
 		short = full
+	} else if h := opHint(full); h != "" {
+		short += "<" + h + ">"
 	}
 	return demangled{short, full}
+}
+
+// ATen's generic elementwise, reduction and distribution kernels carry the operator in their
+// template arguments: an "at::native::<op>_kernel_cuda" lambda, or a functor. The innermost
+// functor is the most specific (AUnaryFunctor<…, MulFunctor<float>> → MulFunctor).
+var (
+	opKernelRE  = regexp.MustCompile(`at::native::(?:[A-Za-z0-9_]+::)?([A-Za-z0-9]+(?:_[A-Za-z0-9]+)*?)_kernel_cuda`)
+	opFunctorRE = regexp.MustCompile(`([A-Za-z0-9_]*Functor[A-Za-z0-9_]*)`)
+)
+
+func opHint(full string) string {
+	i := strings.IndexByte(full, '<')
+	if i < 0 || !strings.Contains(full[:i], "at::native::") {
+		return ""
+	}
+	args := full[i:]
+	if m := opKernelRE.FindStringSubmatch(args); m != nil {
+		return m[1]
+	}
+	var last string
+	for _, m := range opFunctorRE.FindAllString(args, -1) {
+		switch m {
+		case "AUnaryFunctor", "BUnaryFunctor", "BinaryFunctor", "UnaryFunctor":
+			if last == "" {
+				last = m
+			}
+			continue
+		}
+		last = m
+	}
+	return last
 }
