@@ -680,7 +680,13 @@ func TestDormantThenDetailSwitch(t *testing.T) {
 	if g.graphs == 0 || g.kernels == 0 || g.nodeKernels != 0 {
 		t.Errorf("graph phase %+v", g)
 	}
-	if n.graphs != 0 || n.nodeKernels == 0 || n.nodeKernels != 3*(n.kernels-n.nodeKernels) {
+	// Each loop iteration launches one eager kernel and one 3-node graph; an iteration that
+	// straddles a segment edge can split, so allow one iteration either side.
+	threeToOne := func(s seg) bool {
+		d := s.nodeKernels - 3*(s.kernels-s.nodeKernels)
+		return d >= -6 && d <= 6
+	}
+	if n.graphs != 0 || n.nodeKernels == 0 || !threeToOne(n) {
 		t.Errorf("nodes phase %+v", n)
 	}
 	if o.graphs != 0 || o.kernels != 0 || o.memcpys == 0 || o.apis == 0 {
@@ -689,7 +695,7 @@ func TestDormantThenDetailSwitch(t *testing.T) {
 	if d != (seg{}) {
 		t.Errorf("dormant phase %+v", d)
 	}
-	if g2.graphs != 0 || g2.nodeKernels == 0 || g2.nodeKernels != 3*(g2.kernels-g2.nodeKernels) {
+	if g2.graphs != 0 || g2.nodeKernels == 0 || !threeToOne(g2) {
 		t.Errorf("re-enabled phase (per-node fallback) %+v", g2)
 	}
 	if !hasLog(c, "graph_trace_unavailable") {
