@@ -81,6 +81,15 @@ func logger(c *cli.Context) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 }
 
+// sessionFlags are the session-writing options shared by run and attach.
+func sessionFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"VLLM_PROFILING_DIR"}, Usage: "session base directory (default /tmp/vllm_profiling)"},
+		&cli.BoolFlag{Name: "no-bundle", Usage: "write the session directory only, no .tar.zst"},
+		&cli.IntFlag{Name: "log-interval", EnvVars: []string{"VLLM_PROFILING_LOG_INTERVAL"}, Value: 100, Usage: "with --verbose, print progress every N GPU launches"},
+	}
+}
+
 func detailFlag() *cli.StringFlag {
 	return &cli.StringFlag{Name: "detail", Value: "graph", EnvVars: []string{"PROFILEMATE_DETAIL"},
 		Usage: "kernel detail: graph (one record per CUDA-graph replay plus every eager kernel; cheap, the default), nodes (every kernel inside graphs too; costly, for bounded windows) or off (no kernel records)"}
@@ -101,14 +110,11 @@ Environment: VLLM_PROFILING_DIR (session base), VLLM_PROFILING_VERBOSE=1 (progre
 VLLM_PROFILING_LOG_INTERVAL=N (progress every N GPU launches, at most once a second).`,
 		Flags: append([]cli.Flag{
 			detailFlag(),
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"VLLM_PROFILING_DIR"}, Usage: "session base directory (default /tmp/vllm_profiling)"},
 			&cli.StringFlag{Name: "agent", EnvVars: []string{"PROFILEMATE_AGENT"}, Usage: "path of libprofilemate.so (default: next to this binary, then lib/)"},
 			&cli.StringFlag{Name: "pyhook", EnvVars: []string{"PROFILEMATE_PYHOOK_DIR"}, Usage: "directory of the Python hook put on PYTHONPATH (default: pyhook/ next to this binary)"},
 			&cli.BoolFlag{Name: "no-agent", Usage: "do not preload the CUPTI agent"},
 			&cli.BoolFlag{Name: "no-pyhook", Usage: "do not put the Python hook on PYTHONPATH"},
-			&cli.BoolFlag{Name: "no-bundle", Usage: "write the session directory only, no .tar.zst"},
-			&cli.IntFlag{Name: "log-interval", EnvVars: []string{"VLLM_PROFILING_LOG_INTERVAL"}, Value: 100, Usage: "with --verbose, print progress every N GPU launches"},
-		}, ebpfFlags()...),
+		}, append(sessionFlags(), ebpfFlags()...)...),
 		Action: func(c *cli.Context) error {
 			d, err := ring.ParseDetail(c.String("detail"))
 			if err != nil {

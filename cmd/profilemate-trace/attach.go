@@ -29,10 +29,7 @@ Exit codes: 0 done; 2 usage; 3 setup (permissions, output directory); 4 no such 
 			&cli.DurationFlag{Name: "duration", Aliases: []string{"d"}, Usage: "stop after this long (e.g. 60s); default: until Ctrl-C or the process exits"},
 			detailFlag(),
 			&cli.UintFlag{Name: "sample-every", Usage: "kernel detail for one step in N only (0 = every step), to keep a long capture cheap"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, EnvVars: []string{"VLLM_PROFILING_DIR"}, Usage: "session base directory (default /tmp/vllm_profiling)"},
-			&cli.BoolFlag{Name: "no-bundle", Usage: "write the session directory only, no .tar.zst"},
-			&cli.IntFlag{Name: "log-interval", EnvVars: []string{"VLLM_PROFILING_LOG_INTERVAL"}, Value: 100, Usage: "with --verbose, print progress every N GPU launches"},
-		}, ebpfFlags()...),
+		}, append(sessionFlags(), ebpfFlags()...)...),
 		Action: func(c *cli.Context) error {
 			d, err := ring.ParseDetail(c.String("detail"))
 			if err != nil {
