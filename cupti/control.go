@@ -21,7 +21,11 @@ var ErrNoAck = errors.New("cupti: agent did not acknowledge the control change")
 
 // ControlYield is the control_enable value that asks the agent to hand CUPTI
 // back to other tools (flush, disable, unsubscribe; passive afterwards).
-const ControlYield = 2
+const ControlYield = ring.ControlYield
+
+// ErrNotDetached is returned by Detach when the agent acknowledged but did not detach
+// (a preloaded agent: it yields instead and keeps its ring).
+var ErrNotDetached = errors.New("cupti: agent acknowledged but did not detach (not injected)")
 
 // Enable turns collection on at the given detail level and waits up to timeout
 // for the agent's acknowledgement (the agent polls its control word every 25 ms).
@@ -49,6 +53,21 @@ func Disable(r *ring.Reader, timeout time.Duration) error {
 func Yield(r *ring.Reader, timeout time.Duration) error {
 	r.SetControlRaw(ControlYield, r.Header().ControlDetail, 0)
 	return WaitAck(r, timeout)
+}
+
+// Detach asks an injected agent (pm_inject_start) to stop for good: it disables every
+// kind, flushes into the ring, unsubscribes, sets producer_state StateDetached,
+// acknowledges, stops its thread and closes its ring. Records it flushed stay readable
+// through r. A preloaded agent yields instead (ErrNotDetached).
+func Detach(r *ring.Reader, timeout time.Duration) error {
+	r.Detach()
+	if err := WaitAck(r, timeout); err != nil {
+		return err
+	}
+	if r.Header().ProducerState != ring.StateDetached {
+		return ErrNotDetached
+	}
+	return nil
 }
 
 // WaitAck waits until control_ack equals control_seq, or until the producer has

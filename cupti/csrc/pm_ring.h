@@ -23,7 +23,10 @@ struct pm_ring_hdr {
 	uint32_t control_ack;           /* 76 */
 	uint64_t consumer_heartbeat_ns; /* 80 */
 	uint32_t sample_every;          /* 88 */
-	uint8_t _pad1[36];              /* 92 */
+	uint8_t _pad1[4];               /* 92 */
+	uint64_t first_enable_ns;       /* 96: how long the first (late-arming) enable blocked */
+	uint64_t late_start_ns;         /* 104: CLOCK_MONOTONIC of pm_inject_start (0: started by cuInit) */
+	uint8_t _pad1b[16];             /* 112 */
 	uint64_t head;                  /* 128 */
 	uint64_t records_written;       /* 136 */
 	uint64_t records_dropped;       /* 144 */
@@ -37,13 +40,15 @@ _Static_assert(__builtin_offsetof(struct pm_ring_hdr, producer_flags) == 44, "pr
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, control_enable) == 64, "control_enable");
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, consumer_heartbeat_ns) == 80, "heartbeat");
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, sample_every) == 88, "sample_every");
+_Static_assert(__builtin_offsetof(struct pm_ring_hdr, first_enable_ns) == 96, "first_enable_ns");
+_Static_assert(__builtin_offsetof(struct pm_ring_hdr, late_start_ns) == 104, "late_start_ns");
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, head) == 128, "head");
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, last_flush_ns) == 168, "last_flush_ns");
 _Static_assert(__builtin_offsetof(struct pm_ring_hdr, tail) == 192, "tail");
 
 #define PM_RING_HEADER_SIZE 4096u
 enum { PM_SRC_CUPTI = 1, PM_SRC_PYHOOK = 2 };
-enum { PM_STATE_INIT = 0, PM_STATE_RUNNING = 1, PM_STATE_EXITED = 2, PM_STATE_PASSIVE = 3, PM_STATE_FAILED = 4 };
+enum { PM_STATE_INIT = 0, PM_STATE_RUNNING = 1, PM_STATE_EXITED = 2, PM_STATE_PASSIVE = 3, PM_STATE_FAILED = 4, PM_STATE_DETACHED = 5 };
 enum { PM_PFLAG_ARMED_AT_INIT = 1u << 0, PM_PFLAG_LATE_START = 1u << 1 };
 
 struct pm_ring {

@@ -118,6 +118,13 @@ func (r *Reader) SetControlRaw(enable uint32, detail Detail, sampleEvery uint32)
 	r.store32(offControlSeq, r.load32(offControlSeq)+1)
 }
 
+// Detach writes control_enable=ControlDetach (keeping the detail) and bumps control_seq:
+// an injected producer stops for good and closes its ring (producer_state StateDetached
+// once it acknowledged). A preloaded agent treats it like ControlYield.
+func (r *Reader) Detach() {
+	r.SetControlRaw(ControlDetach, Detail(r.load32(offControlDetail)), 0)
+}
+
 // Heartbeat stores the current CLOCK_MONOTONIC time in consumer_heartbeat_ns.
 func (r *Reader) Heartbeat() { r.store64(offHeartbeatNs, MonotonicNs()) }
 

@@ -39,6 +39,8 @@ const (
 	offControlAck    = 76
 	offHeartbeatNs   = 80
 	offSampleEvery   = 88
+	offFirstEnableNs = 96
+	offLateStartNs   = 104
 	offHead          = 128
 	offRecsWritten   = 136
 	offRecsDropped   = 144
@@ -123,6 +125,22 @@ const (
 	StateExited  = 2
 	StatePassive = 3
 	StateFailed  = 4
+	// StateDetached: an injected producer detached on request (control_enable=ControlDetach)
+	// or after its tracer stopped heart-beating; it has unmapped and closed the ring and
+	// will never write again.
+	StateDetached = 5
+)
+
+// control_enable values (header field control_enable, written by the tracer).
+const (
+	ControlDormant = 0 // collect nothing (the agent keeps its ring)
+	ControlCollect = 1 // collect at control_detail
+	ControlYield   = 2 // agent: disable, flush, unsubscribe; passive until the next ControlCollect
+	// ControlDetach: an injected producer (pm_inject_start, profilemate_trace.late) stops
+	// for good: disables everything, flushes, acknowledges with producer_state
+	// StateDetached, stops its thread and closes its ring. A preloaded agent treats it
+	// like ControlYield (docs/record-format.md).
+	ControlDetach = 3
 )
 
 // Producer flag bits (header field producer_flags).
@@ -148,13 +166,20 @@ type Header struct {
 	ControlAck          uint32
 	ConsumerHeartbeatNs uint64
 	SampleEvery         uint32
-	Head                uint64
-	RecordsWritten      uint64
-	RecordsDropped      uint64
-	BytesDropped        uint64
-	SourceDropped       uint64
-	LastFlushNs         uint64
-	Tail                uint64
+	// FirstEnableNs is how long the agent's first enable blocked its thread while it armed
+	// CUPTI late (subscribe, callbacks, kinds, DEVICE/CONTEXT dump), in ns of CLOCK_MONOTONIC;
+	// 0 until such an enable happened or when CUPTI was armed at cuInit.
+	FirstEnableNs uint64
+	// LateStartNs is the CLOCK_MONOTONIC time at which pm_inject_start started the agent in
+	// a running process (injection); 0 for an agent started by cuInit.
+	LateStartNs    uint64
+	Head           uint64
+	RecordsWritten uint64
+	RecordsDropped uint64
+	BytesDropped   uint64
+	SourceDropped  uint64
+	LastFlushNs    uint64
+	Tail           uint64
 }
 
 // ErrCorrupt is wrapped by errors that report bad framing.
@@ -193,6 +218,8 @@ func (m *mapping) header() Header {
 	h.ControlAck = m.load32(offControlAck)
 	h.ConsumerHeartbeatNs = m.load64(offHeartbeatNs)
 	h.SampleEvery = m.load32(offSampleEvery)
+	h.FirstEnableNs = m.load64(offFirstEnableNs)
+	h.LateStartNs = m.load64(offLateStartNs)
 	h.Head = m.load64(offHead)
 	h.RecordsWritten = m.load64(offRecsWritten)
 	h.RecordsDropped = m.load64(offRecsDropped)

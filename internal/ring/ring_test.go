@@ -69,6 +69,17 @@ func TestHeaderOffsets(t *testing.T) {
 	if en != 1 || d != DetailNodes || s != 7 || r.Header().ControlAck != 1 {
 		t.Fatalf("ack: %d %v %d %+v", en, d, s, r.Header())
 	}
+	w.SetLateStart(111, 222)
+	if le.Uint64(raw[104:]) != 111 || le.Uint64(raw[96:]) != 222 {
+		t.Fatalf("late_start_ns/first_enable_ns at wrong offsets: % x", raw[96:112])
+	}
+	if h := r.Header(); h.LateStartNs != 111 || h.FirstEnableNs != 222 {
+		t.Fatalf("LateStartNs/FirstEnableNs: %+v", h)
+	}
+	r.Detach()
+	if le.Uint32(raw[64:]) != ControlDetach || le.Uint32(raw[68:]) != 2 || le.Uint32(raw[72:]) != 2 {
+		t.Fatalf("detach control words: % x", raw[64:80])
+	}
 	w.Write(rec(5, 1, 0))
 	if le.Uint64(raw[128:]) != 16 || le.Uint64(raw[136:]) != 1 {
 		t.Fatalf("head/records_written at wrong offsets")

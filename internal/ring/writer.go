@@ -60,6 +60,13 @@ func (w *Writer) SetState(s uint32) { w.store32(offProducerState, s) }
 // SetSourceDropped stores source_dropped.
 func (w *Writer) SetSourceDropped(n uint64) { w.store64(offSourceDropped, n) }
 
+// SetLateStart stores late_start_ns and first_enable_ns as an injected agent does
+// (tests and Go-side stand-ins for the agent).
+func (w *Writer) SetLateStart(lateStartNs, firstEnableNs uint64) {
+	w.store64(offLateStartNs, lateStartNs)
+	w.store64(offFirstEnableNs, firstEnableNs)
+}
+
 // Ack copies control_seq to control_ack and returns the control words.
 func (w *Writer) Ack() (enable uint32, detail Detail, sampleEvery uint32) {
 	seq := w.load32(offControlSeq)
