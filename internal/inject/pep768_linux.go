@@ -167,8 +167,9 @@ func pep768Locate(pid int) (pep768Location, error) {
 	}
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	exe = strings.TrimSuffix(exe, " (deleted)")
-	// Candidates: files with "python" in their name (libpython first: a shared build's
-	// executable has no runtime of its own), then the executable (embedders, renamed copies).
+	// Candidates: libpython (a shared build's executable has no runtime of its own), the
+	// executable, then other files named like python (a renamed copy of libpython), never
+	// extension modules (*.cpython-3xx-*.so: a vLLM process maps hundreds).
 	var cands []pyproc.Mapping
 	seen := map[string]bool{}
 	add := func(keep func(pyproc.Mapping) bool) {
@@ -181,8 +182,11 @@ func pep768Locate(pid int) (pep768Location, error) {
 		}
 	}
 	add(func(m pyproc.Mapping) bool { return strings.Contains(filepath.Base(m.Path), "libpython") })
-	add(func(m pyproc.Mapping) bool { return strings.Contains(filepath.Base(m.Path), "python") })
 	add(func(m pyproc.Mapping) bool { return strings.TrimSuffix(m.Path, " (deleted)") == exe })
+	add(func(m pyproc.Mapping) bool {
+		b := filepath.Base(m.Path)
+		return strings.Contains(b, "python") && !strings.Contains(b, ".cpython-")
+	})
 	if len(maps) == 0 {
 		// A zombie has no mappings left.
 		return pep768Location{}, fmt.Errorf("pid %d: %w", pid, ErrTargetGone)
