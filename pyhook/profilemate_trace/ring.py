@@ -16,7 +16,9 @@ HEADER_SIZE = 4096
 SOURCE_PYHOOK = 2
 
 # producer_state values
-STATE_INIT, STATE_RUNNING, STATE_EXITED, STATE_PASSIVE, STATE_FAILED = 0, 1, 2, 3, 4
+STATE_INIT, STATE_RUNNING, STATE_EXITED, STATE_PASSIVE, STATE_FAILED, STATE_DETACHED = 0, 1, 2, 3, 4, 5
+# control_enable values
+CONTROL_DORMANT, CONTROL_COLLECT, CONTROL_YIELD, CONTROL_DETACH = 0, 1, 2, 3
 
 # u64 slot indexes into the header (offset / 8)
 _Q_HEAD = 128 // 8
@@ -65,6 +67,7 @@ class Ring:
         self.hq = self.mv[:HEADER_SIZE].cast("Q")
         self.hi = self.mv[:HEADER_SIZE].cast("I")
         self.lock = threading.Lock()
+        self.closed = False
         self.head = 0
         self.written = 0
         self.dropped = 0
@@ -109,6 +112,8 @@ class Ring:
     def write_many_locked(self, recs):
         """With self.lock held: copy a batch of framed records. One memcpy when the batch fits
         before the end of the data area; record by record (padding, drops) otherwise."""
+        if self.closed:
+            return
         total = 0
         for r in recs:
             total += len(r)
@@ -132,6 +137,8 @@ class Ring:
         """Copy one framed record (bytes) into the ring. Returns False when dropped."""
         n = len(rec)
         with self.lock:
+            if self.closed:
+                return False
             off = self.reserve_locked(n)
             if off < 0:
                 return False
@@ -148,6 +155,8 @@ class Ring:
         else:
             n = size
         with self.lock:
+            if self.closed:
+                return False
             off = self.reserve_locked(n)
             if off < 0:
                 return False
@@ -237,6 +246,15 @@ class Ring:
                 "head": self.head, "tail": self.hq[_Q_TAIL]}
 
     def close(self):
+        """Unmap and close (idempotent). Taken under the writers' lock, so a writer racing
+        with a detach either finishes its copy first or sees ``closed`` and drops."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._release()
+
+    def _release(self):
         try:
             self.data.release()
             self.hq.release()

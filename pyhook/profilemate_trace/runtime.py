@@ -38,12 +38,25 @@ _session_root = False
 _started_by = "import"
 _startup_notes = []
 _reported = set()
+_late = False         # started by profilemate_trace.late (injected): detaches on control_enable=3
+_log_path = None      # late start: warnings go to this file (the target's stderr is not ours)
+_on_detach = None     # late start: callable(reason, seq) run by the hook thread to detach
+_late_started_ns = 0
+late_graphs = ""      # late start: evidence that CUDA graphs were captured before attach ("" none)
 
 
 def log(msg):
-    """One line on stderr, prefixed; never raises."""
+    """One line on stderr (or, when injected, in the configured log file), prefixed; never raises."""
+    line = "[profilemate] pyhook: %s\n" % msg
+    if _log_path:
+        try:
+            with open(_log_path, "a") as f:
+                f.write("%s pid %d %s" % (time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), line))
+        except Exception:
+            pass
+        return
     try:
-        sys.stderr.write("[profilemate] pyhook: %s\n" % msg)
+        sys.stderr.write(line)
         sys.stderr.flush()
     except Exception:
         pass
@@ -239,6 +252,15 @@ def emit_control(enable, detail, seq, reason):
     _w(_S_CTL, (_mono(), enable, detail, seq, 0, reason, 0))
 
 
+_S_LOG = _spec(R.LOG)
+
+
+def emit_log(level, text):
+    """A `log` record (type 194): 0 debug, 1 info, 2 warning, 3 error."""
+    t = str(text).encode("utf-8", "replace")[:4000]
+    _w(_S_LOG, (_mono(), level, len(t)), t)
+
+
 def emit_hook_stats():
     r = RING
     if r is None:
@@ -280,11 +302,11 @@ def _proc_info():
     }
 
 
-def _emit_stream_start(flags):
+def _emit_stream_start(flags, agent_flags=0):
     info = _proc_info()
     t = json.dumps(info, default=str).encode()
     now = _mono()
-    _w(_S_PINFO, (now, os.getpid(), os.getppid(), 2, 0, 0, 0, len(t), 0), t)
+    _w(_S_PINFO, (now, os.getpid(), os.getppid(), 2, 0, 0, agent_flags, len(t), 0), t)
     _w(_S_PROC, (now, _tid(), os.getppid(), flags, len(t)), t)
 
 
@@ -396,14 +418,14 @@ def _apply_start_env():
     return {"graph": 1, "nodes": 2}.get(s, 0)
 
 
-def _loop():
+def _loop(stop):
     global ON, _mode
     last_seq = -1
     hb_seen = 0
     spill_every = max(0.02, CFG.SPILL_INTERVAL_MS / 1000.0)
     next_spill = time.monotonic() + spill_every
     status_at = time.monotonic() + 2.0
-    while not _stop.wait(0.05):
+    while not stop.wait(0.05):
         if status_at and time.monotonic() >= status_at:
             status_at = 0
             _status_line()
@@ -421,10 +443,13 @@ def _loop():
                 log("tracer attached to pid %d; spilling stops" % os.getpid())
             if hb:
                 hb_seen = hb
+            if _late and _late_check(enable, seq, last_seq, hb):
+                return  # detached: ring closed, patches removed
             if _mode == "tracer":
                 if seq != last_seq:
                     last_seq = seq
-                    new_on = bool(enable)
+                    # 3 (detach) is for injected producers; an import-time hook goes dormant
+                    new_on = bool(enable) and enable != _ring.CONTROL_DETACH
                     if new_on != ON:
                         ON = new_on
                         emit_control(enable, detail, seq, 0)
@@ -440,10 +465,26 @@ def _loop():
             report_once("loop", "control thread error: %r" % (e,))
 
 
+def _late_check(enable, seq, last_seq, hb):
+    """Late start: detach on control_enable=3 (a new seq) or on an orphaned tracer (heartbeat
+    older than ORPHAN_TIMEOUT_S, or never set that long after the start). True once detached."""
+    reason = None
+    if enable == _ring.CONTROL_DETACH and seq != last_seq:
+        reason = 0
+    else:
+        limit = CFG.ORPHAN_TIMEOUT_S * 1e9
+        if (hb and _mono() - hb > limit) or (not hb and _mono() - _late_started_ns > limit):
+            reason = 2
+    if reason is None or _on_detach is None:
+        return False
+    _on_detach(reason, seq)
+    return True
+
+
 def _start_thread():
-    global _thread
-    _stop.clear()
-    _thread = threading.Thread(target=_loop, name="pm-pyhook", daemon=True)
+    global _thread, _stop
+    _stop = threading.Event()  # one event per thread: a late restart never revives an old loop
+    _thread = threading.Thread(target=_loop, args=(_stop,), name="pm-pyhook", daemon=True)
     _thread.start()
 
 
@@ -495,6 +536,65 @@ def _create_ring(flags):
         emit_control(1, start_lvl, 0, 1)
     ON = (_mode == "spill") or bool(start_lvl)
     _start_thread()
+
+
+def start_late(cfg, level, log_path):
+    """Injected start (profilemate_trace.late): a ring in tracer mode (never spilling), late-start
+    flag set, collecting at once when the configuration says start=graph|nodes, else dormant
+    until the tracer's control word. The caller installs the patches, then calls
+    ``_start_thread``."""
+    global CFG, _started, _started_by, _late, _log_path, RING, ON, _mode, _spill, _late_started_ns
+    global sched_step, worker_step
+    CFG = cfg
+    _log_path = log_path
+    _started_by = "inject"
+    _late = True
+    _spill = None
+    _mode = "tracer"
+    ON = False
+    sched_step = 0
+    worker_step = 0
+    del PENDING[:]
+    _reported.clear()
+    _late_started_ns = _mono()
+    RING = _ring.Ring(CFG.RING_MB << 20)
+    RING.set_flags(2)  # producer_flags bit 1: late start
+    flags = 2 if "vllm" in sys.modules else 0
+    if level:
+        RING.set_control(1, level)
+        flags |= 4
+    _emit_stream_start(flags, agent_flags=2)
+    RING.set_state(_ring.STATE_RUNNING)
+    if level:
+        emit_control(1, level, 0, 1)
+        ON = True
+    _started = True
+
+
+def end_late(state, ack_seq=None):
+    """Injected stop: flush, publish ``state`` (5 detached), then acknowledge ``ack_seq`` (so a
+    tracer that sees the ack also sees the state), close the ring and forget it."""
+    global RING, ON, _started, _late, _mode, _thread
+    ON = False
+    r = RING
+    try:
+        if r is not None:
+            emit_hook_stats()
+            flush()
+            r.set_state(state)
+            if ack_seq is not None:
+                r.ack(ack_seq)
+    finally:
+        RING = None
+        del PENDING[:]
+        _started = False
+        _late = False
+        _mode = "off"
+        _thread = None
+        _tids.clear()
+        _hash_cache.clear()
+        if r is not None:
+            r.close()
 
 
 def start(cfg, started_by):

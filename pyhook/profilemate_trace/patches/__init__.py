@@ -8,3 +8,20 @@ def all_patches():
     for m in (kv, scheduler, cudagraph, worker, moe):
         out.extend(m.patches())
     return out
+
+
+def reset_state(moe_keep_alive=False):
+    """Late detach: forget every per-session table of the patch modules (pool ids, requests
+    waiting for their first token, listeners, MoE counters, descriptor cache), so a later
+    attach in the same process starts from nothing."""
+    from . import _ctx, cudagraph, kv, moe, scheduler, worker
+
+    kv._pool_ids.clear()
+    del kv._EV[:]
+    scheduler._preempted.clear()
+    scheduler._awaiting.clear()
+    scheduler._limits.clear()
+    del cudagraph._WRAPPER_PATCH[:]
+    worker.reset()
+    moe.reset(moe_keep_alive)
+    _ctx._cache.clear()

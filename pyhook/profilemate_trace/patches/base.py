@@ -28,7 +28,7 @@ class Patch:
         self.reason = ""
         self.errors = 0
         self.on = False
-        self.restore = []  # (obj, attr, original) for uninstall (tests)
+        self.restore = []  # (owner, attr, original, owned, replacement) for uninstall
 
     def set_status(self, status, reason=""):
         self.status = status
@@ -69,13 +69,31 @@ class Patch:
             pass
         new.__pm_wrapped__ = True
         new.__pm_original__ = orig
-        self.restore.append((owner, attr, orig, owner.__dict__.get(attr) is not None if isinstance(owner, type) else True))
+        own = attr in owner.__dict__ if hasattr(owner, "__dict__") else True
+        self.restore.append((owner, attr, orig, own, new))
         setattr(owner, attr, new)
         return True
 
+    def set_attr(self, owner, attr, value):
+        """Replace owner.attr by value (an instance or module attribute), reversibly."""
+        d = getattr(owner, "__dict__", None)
+        own = d is None or attr in d
+        orig = d.get(attr) if d is not None else getattr(owner, attr, None)
+        setattr(owner, attr, value)
+        self.restore.append((owner, attr, orig, own, value))
+
     def uninstall(self):
-        for owner, attr, orig, own in reversed(self.restore):
+        """Put every replaced attribute back exactly (the original object itself; an attribute
+        that was inherited is deleted again). An attribute that someone else replaced after
+        us is left alone: theirs wins."""
+        for ent in reversed(self.restore):
+            owner, attr, orig, own = ent[:4]
             try:
+                if len(ent) > 4:
+                    d = getattr(owner, "__dict__", None)
+                    cur = d.get(attr) if d is not None else getattr(owner, attr, None)
+                    if cur is not ent[4]:
+                        continue
                 if own:
                     setattr(owner, attr, orig)
                 else:
@@ -95,6 +113,9 @@ WATCH = {
     "vllm.v1.worker.gpu.cudagraph_utils", "vllm.compilation.cuda_graph", "vllm.compilation.breakable_cudagraph",
     "vllm.v1.worker.gpu.mm.encoder_runner", "vllm.v1.utils",
 }
+
+
+LATE_ONLY = False  # set by profilemate_trace.late: the import hook never starts the runtime itself
 
 
 def _run(modname, module):
@@ -151,6 +172,8 @@ class _Finder:
             _orig(module)
             try:
                 if not rt._started:
+                    if LATE_ONLY:
+                        return  # an injected hook that has detached: nothing to patch
                     from .. import _boot
 
                     _boot.start_runtime()
@@ -182,3 +205,13 @@ def add(p):
 def install_finder():
     if FINDER not in sys.meta_path:
         sys.meta_path.insert(0, FINDER)
+
+
+def remove_finder():
+    """Late detach: forget pending patches and take the finder off sys.meta_path."""
+    _pending.clear()
+    try:
+        while FINDER in sys.meta_path:
+            sys.meta_path.remove(FINDER)
+    except Exception:
+        pass

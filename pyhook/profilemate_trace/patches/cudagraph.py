@@ -276,10 +276,16 @@ def _fc():
     return fcm.get_forward_context()
 
 
+LATE_REASON = ("CUDA graphs were captured before attach (%s): no capture left to record; "
+               "replays are counted by the dispatch records")
+
+
 def install_wrapper(p, mod):
     cls = getattr(mod, "CUDAGraphWrapper", None)
     if cls is None or "__call__" not in cls.__dict__:
         return "vllm.compilation.cuda_graph.CUDAGraphWrapper.__call__ not found"
+    if rt._late and rt.late_graphs:
+        return LATE_REASON % rt.late_graphs  # a per-piece wrapper would only cost on every replay
 
     def make(orig):
         def w(self, *a, **kw):
@@ -322,6 +328,8 @@ def install_breakable(p, mod):
     cls = getattr(mod, "BreakableCUDAGraphWrapper", None)
     if cls is None or not hasattr(cls, "_capture"):
         return "BreakableCUDAGraphWrapper._capture not found"
+    if rt._late and rt.late_graphs:
+        return LATE_REASON % rt.late_graphs
 
     def make(orig):
         def w(self, *a, **kw):

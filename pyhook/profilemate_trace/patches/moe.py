@@ -136,12 +136,11 @@ def _layer_idx(m, name, fallback):
     return fallback
 
 
-def attach(p, model):
-    """Find MoE routers in model and install the counting wrappers. Returns Counters or None."""
-    torch = sys.modules.get("torch")
-    if torch is None or model is None or not hasattr(model, "named_modules"):
-        return None
+def find_routers(model):
+    """[(name, module, router, num_experts, top_k)] for every MoE layer whose router we can count."""
     found = []
+    if model is None or not hasattr(model, "named_modules"):
+        return found
     for name, m in model.named_modules():
         r = getattr(m, "router", None)
         if r is None or not hasattr(r, "select_experts"):
@@ -151,6 +150,16 @@ def attach(p, model):
         if not E or not k:
             continue
         found.append((name, m, r, int(E), int(k)))
+    return found
+
+
+def attach(p, model, found=None):
+    """Find MoE routers in model and install the counting wrappers. Returns Counters or None."""
+    torch = sys.modules.get("torch")
+    if torch is None or model is None or not hasattr(model, "named_modules"):
+        return None
+    if found is None:
+        found = find_routers(model)
     if not found:
         return None
     E = max(f[3] for f in found)
@@ -177,11 +186,71 @@ def attach(p, model):
                     p.fail(e)
             return out
         try:
-            r.select_experts = sel  # instance attribute: only these routers pay
+            p.set_attr(r, "select_experts", sel)  # instance attribute: only these routers pay
         except Exception as e:
             rt.report_once("moe-wrap", "cannot wrap router %s: %r" % (name, e))
     _COUNTERS.append(c)
     return c
+
+
+def model_of(runner):
+    model = getattr(runner, "model", None)
+    get = getattr(runner, "get_model", None)
+    if get is not None:
+        try:
+            model = get()
+        except Exception:
+            pass
+    return model
+
+
+_atexit_done = []
+
+
+def _activate(c):
+    if c is not None and _readback not in _worker._listeners:
+        _worker._listeners.append(_readback)
+        _worker._pre_listeners.append(_before)
+        if not _atexit_done:
+            import atexit
+
+            atexit.register(flush_all)
+            _atexit_done.append(True)
+
+
+IN_GRAPH_REASON = "expert counts unavailable: MoE layers run inside CUDA graphs captured before attach"
+
+
+def attach_live(p, runner, graphs_captured):
+    """Late start: the runner's load_model ran before the hook came. Returns (layers, note):
+    counters installed on the live model's routers when no CUDA graph was captured yet (eager
+    runs call select_experts every step); with captured graphs the routing ops run inside
+    graphs our counters can never enter, so nothing is installed and ``note`` says why."""
+    model = model_of(runner)
+    found = find_routers(model)
+    if not found:
+        return 0, None
+    if graphs_captured:
+        return len(found), IN_GRAPH_REASON
+    c = attach(p, model, found)
+    if c is None:
+        return len(found), "expert counts unavailable: torch is not imported in this process"
+    _activate(c)
+    return len(found), None
+
+
+# Counters whose ops may sit inside a CUDA graph captured while they were installed: a graph
+# keeps writing into their tensors on every replay, so they must outlive a detach.
+_KEEPALIVE = []
+
+
+def reset(keep_alive):
+    """Late detach: drop this session's counters (router wrappers are removed by the patch's
+    uninstall). With keep_alive the tensors stay referenced forever (a captured graph may
+    still write into them)."""
+    if keep_alive:
+        _KEEPALIVE.extend(_COUNTERS)
+    del _COUNTERS[:]
 
 
 def _readback(runner, step):
@@ -221,13 +290,7 @@ def install(p, mod):
                             model = get()
                         except Exception:
                             pass
-                    c = attach(p, model)
-                    if c is not None and _readback not in _worker._listeners:
-                        _worker._listeners.append(_readback)
-                        _worker._pre_listeners.append(_before)
-                        import atexit
-
-                        atexit.register(flush_all)
+                    _activate(attach(p, model))
                 except Exception as e:
                     p.fail(e)
             return r

@@ -155,6 +155,13 @@ def _count_v2(a, kw):
 
 
 # ---- installers -----------------------------------------------------------------------
+def reset():
+    """Late detach: drop the listeners and pending encoder events of this session."""
+    del _listeners[:]
+    del _pre_listeners[:]
+    del _pending_enc[:]
+
+
 def _install_runner(p_fwd, p_cpu, p_enc, mod, kind):
     cls = getattr(mod, "GPUModelRunner", None)
     if cls is None or not hasattr(cls, "execute_model"):
@@ -179,7 +186,7 @@ def install_vllm_scopes(p, mod):
         return (3, "PROFILEMATE_PYHOOK_VLLM_SCOPES=0 (set 1 to record vLLM's record_function scopes)")
     if not hasattr(mod, "_PROFILER_FUNC") or not hasattr(mod, "record_function_or_nullcontext"):
         return "vllm.v1.utils._PROFILER_FUNC not found"
-    prev = mod._PROFILER_FUNC
+    prev = orig0 = mod._PROFILER_FUNC
     if prev is None:
         try:
             mod.record_function_or_nullcontext("profilemate:init")
@@ -224,7 +231,7 @@ def install_vllm_scopes(p, mod):
             return False
 
     mod._PROFILER_FUNC = _Scope
-    p.restore.append((mod, "_PROFILER_FUNC", prev, True))
+    p.restore.append((mod, "_PROFILER_FUNC", orig0, True, _Scope))
     return None
 
 
