@@ -4,6 +4,7 @@ package cupti
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -317,11 +318,13 @@ func findRing(t testing.TB, pid int, timeout time.Duration) *ring.Reader {
 		}
 		if err == nil && len(cup) == 1 {
 			r, err := ring.Open(cup[0].Path)
-			if err != nil {
+			if err == nil {
+				t.Cleanup(func() { r.Close() })
+				return r
+			}
+			if !errors.Is(err, ring.ErrNotReady) || time.Now().After(deadline) {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { r.Close() })
-			return r
 		}
 		if len(cup) > 1 {
 			t.Fatalf("pid %d has %d cupti rings", pid, len(cup))

@@ -89,6 +89,37 @@ func TestAgentUnderSanitizers(t *testing.T) {
 			t.Errorf("state after yield %d", st)
 		}
 	})
+	t.Run("inject-cycles", func(t *testing.T) { // late start, enable, detach, again; then an orphan detach
+		asanAgent := filepath.Join(buildDir, "asan", "libprofilemate.so")
+		p := startCmd(t, baseEnv(false, "LD_PRELOAD="+libasan, "ASAN_OPTIONS=detect_leaks=0", "UBSAN_OPTIONS=print_stacktrace=1"),
+			filepath.Join(testLib, "inject_prog"), asanAgent)
+		pid := pidOf(t, p.waitLine("PID", 10*time.Second))
+		p.waitLine("READY", 10*time.Second)
+		dir := t.TempDir()
+		conf := writeConf(t, dir, "flush_ms=20", "orphan_timeout_s=0.5", "log="+filepath.Join(dir, "agent.log"))
+		for i := 0; i < 4; i++ {
+			if rc := p.inject(conf); rc != 0 {
+				t.Fatalf("cycle %d: pm_inject_start = %d; stderr %s", i, rc, p.stderr())
+			}
+			r := findRing(t, pid, 5*time.Second)
+			if err := Enable(r, []ring.Detail{ring.DetailGraph, ring.DetailNodes}[i%2], 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			r.Heartbeat()
+			if i < 3 {
+				if err := Detach(r, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				waitState(t, r, ring.StateDetached, 5*time.Second) // orphaned
+			}
+			r.Close()
+			waitGone(t, pid, 2*time.Second)
+		}
+		p.quit()
+		check(t, p)
+	})
 	t.Run("sigterm-handler", func(t *testing.T) {
 		p := start(t, baseEnv(false, append(common, "PROFILEMATE_START=nodes")...), "sigterm-handler")
 		p.waitLine("READY", 10*time.Second)

@@ -3,13 +3,16 @@
  * C11, no C++ runtime, no Go runtime, no CUPTI headers or link (see
  * pm_cupti_abi.h). Entry points: the LD_PRELOAD constructor (arms
  * CUDA_INJECTION64_PATH only), InitializeInjection (called by libcuda inside
- * each process's first cuInit), InitializeInjectionNvtx2 (opt-in NVTX
+ * each process's first cuInit), pm_inject_start (late start in a running
+ * process, docs/injection.md), InitializeInjectionNvtx2 (opt-in NVTX
  * forwarding). Policy: cupti/README.md. Every entry point returns quietly on
  * failure; nothing here may crash or hang the target.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <link.h>
 #include <pthread.h>
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -36,7 +40,7 @@
 
 enum { PM_DETAIL_OFF = 0, PM_DETAIL_GRAPH = 1, PM_DETAIL_NODES = 2 };
 enum { PM_REASON_TRACER = 0, PM_REASON_ENV = 1, PM_REASON_ORPHAN = 2, PM_REASON_YIELD = 3, PM_REASON_WINDOW_OPEN = 4,
-       PM_REASON_WINDOW_CLOSE = 5 };
+       PM_REASON_WINDOW_CLOSE = 5, PM_REASON_DETACH = 6 };
 enum { PM_LOG_DEBUG = 0, PM_LOG_INFO = 1, PM_LOG_WARN = 2, PM_LOG_ERROR = 3 };
 enum {
 	PM_AF_ARMED = 1u << 0, PM_AF_LATE = 1u << 1, PM_AF_PASSIVE = 1u << 2, PM_AF_TSCB = 1u << 3,
@@ -68,10 +72,55 @@ struct pm_config {
 
 static struct pm_config C;
 
+/* ------------------------------------------------------------------ injection (pm_inject_start) */
+
+/* inject.conf (docs/injection.md §1), parsed on the caller's thread by pm_inject_start. */
+struct pm_inject_conf {
+	char path[PATH_MAX];       /* the conf file itself (passed on to late.start) */
+	char pyhook_dir[PATH_MAX];
+	char log[PATH_MAX];
+	char cupti_path[PATH_MAX]; /* agent extra: libcupti to use */
+	int pyhook_from_agent;
+	int start_enable;
+	uint32_t start_detail;
+	double orphan_s;           /* < 0: default (30 s) */
+	uint32_t flush_ms;         /* agent extras, 0: default */
+	uint32_t ring_kb;
+	int debug;
+	char bad[256];             /* keys with invalid values, logged by the agent thread */
+};
+
+/* Process-lifetime injection state (survives detach, unlike one session's G below). */
+static struct {
+	int state;              /* PM_INJ_*: written with atomics */
+	int log_fd;             /* the conf's log, O_APPEND; agent thread only once started */
+	uint64_t start_ns;      /* CLOCK_MONOTONIC of the current pm_inject_start */
+	uint32_t gen;           /* session generation: a Python bootstrap of an ended session does nothing */
+	int sessions;           /* started so far in this process */
+	struct pm_inject_conf conf;
+} I = {.log_fd = -1};
+/* I.state: who owns this copy of the agent. IDLE: nobody yet (or an injected session ended);
+ * RUNNING: an injected session, from pm_inject_start until its thread's last instruction;
+ * CUINIT: InitializeInjection ran (a preloaded or CUDA_INJECTION64_PATH agent, for good). */
+enum { PM_INJ_IDLE = 0, PM_INJ_RUNNING = 1, PM_INJ_CUINIT = 2 };
+/* The current session was started by pm_inject_start (not by cuInit): no environment is read,
+ * warnings go to the conf's log (the target's stderr is not ours), detach ends the session. */
+static int pm_injected;
+
+/* Environment lookup for the configuration: an injected agent reads none (the target's
+ * environment was not written for it, and getenv off the main thread races with setenv). */
+static const char *cfg_env(const char *name) { return pm_injected ? NULL : getenv(name); }
+
 static void pm_vlog(int force, const char *fmt, va_list ap)
 {
 	if (!force && !C.debug)
 		return;
+	int fd = 2;
+	if (pm_injected) {
+		fd = __atomic_load_n(&I.log_fd, __ATOMIC_RELAXED);
+		if (fd < 0)
+			return;
+	}
 	char buf[512];
 	int n = snprintf(buf, sizeof buf, "[profilemate] pid %d: ", (int)getpid());
 	if (n < 0 || n >= (int)sizeof buf)
@@ -81,7 +130,7 @@ static void pm_vlog(int force, const char *fmt, va_list ap)
 		return;
 	size_t len = strlen(buf);
 	buf[len++] = '\n';
-	ssize_t w PM_UNUSED = write(2, buf, len);
+	ssize_t w PM_UNUSED = write(fd, buf, len);
 }
 __attribute__((format(printf, 1, 2))) static void pm_dbg(const char *fmt, ...)
 {
@@ -113,7 +162,7 @@ static const char *const pm_other_prefixes[] = {
 
 static int env_bool(const char *name, int def)
 {
-	const char *v = getenv(name);
+	const char *v = cfg_env(name);
 	if (!v || !*v)
 		return def;
 	if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
@@ -126,7 +175,7 @@ static int env_bool(const char *name, int def)
 
 static uint64_t env_u64(const char *name, uint64_t def, uint64_t lo, uint64_t hi)
 {
-	const char *v = getenv(name);
+	const char *v = cfg_env(name);
 	if (!v || !*v)
 		return def;
 	char *end;
@@ -145,9 +194,9 @@ static void load_kinds_mask(void);
 static void pm_config_load(void)
 {
 	memset(&C, 0, sizeof C);
-	const char *vv = getenv("VLLM_PROFILING_VERBOSE");
+	const char *vv = cfg_env("VLLM_PROFILING_VERBOSE");
 	C.debug = env_bool("PROFILEMATE_DEBUG", 0) || (vv && !strcmp(vv, "1"));
-	const char *s = getenv("PROFILEMATE_START");
+	const char *s = cfg_env("PROFILEMATE_START");
 	C.start_detail = PM_DETAIL_GRAPH;
 	if (s && *s) {
 		if (!strcmp(s, "graph"))
@@ -170,7 +219,7 @@ static void pm_config_load(void)
 	C.exit_flush_ms = (uint32_t)env_u64("PROFILEMATE_EXIT_FLUSH_MS", 300, 0, 10000);
 	C.dev_buf_bytes = env_u64("PROFILEMATE_DEVICE_BUFFER_KB", 0, 0, 1u << 20) << 10;
 	C.orphan_ns = 30ull * 1000000000ull;
-	const char *o = getenv("PROFILEMATE_ORPHAN_TIMEOUT");
+	const char *o = cfg_env("PROFILEMATE_ORPHAN_TIMEOUT");
 	if (o && *o) {
 		char *end;
 		double d = strtod(o, &end);
@@ -182,7 +231,7 @@ static void pm_config_load(void)
 	C.yield = env_bool("PROFILEMATE_YIELD", 0);
 	C.nvtx = env_bool("PROFILEMATE_NVTX", 0);
 	C.api = env_bool("PROFILEMATE_API", 1);
-	const char *a = getenv("PROFILEMATE_ARM");
+	const char *a = cfg_env("PROFILEMATE_ARM");
 	if (a && *a) {
 		if (!strcmp(a, "full"))
 			C.arm_full = C.arm_graph = 1;
@@ -196,8 +245,26 @@ static void pm_config_load(void)
 			pm_warn("PROFILEMATE_ARM=%s is invalid (want none, light, graph, full or lazy); using none", a);
 	}
 	load_kinds_mask();
-	C.cupti_path = getenv("PROFILEMATE_CUPTI_PATH");
-	C.ctl_socket = getenv("PROFILEMATE_CONTROL_SOCKET");
+	C.cupti_path = cfg_env("PROFILEMATE_CUPTI_PATH");
+	C.ctl_socket = cfg_env("PROFILEMATE_CONTROL_SOCKET");
+	if (pm_injected) { /* inject.conf instead of the environment */
+		struct pm_inject_conf *ic = &I.conf;
+		C.debug = ic->debug;
+		C.start_enable = ic->start_enable;
+		C.start_detail = ic->start_detail;
+		if (ic->orphan_s >= 0)
+			C.orphan_ns = (uint64_t)(ic->orphan_s * 1e9);
+		if (ic->flush_ms)
+			C.flush_ms = ic->flush_ms;
+		if (ic->ring_kb) {
+			uint64_t b = 1;
+			while (b * 2 <= (uint64_t)ic->ring_kb * 1024)
+				b *= 2;
+			C.ring_bytes = b;
+		}
+		C.cupti_path = ic->cupti_path[0] ? ic->cupti_path : NULL;
+		return; /* no environment warnings: it is not ours */
+	}
 	/* Unknown PROFILEMATE_* names: warn once per process. */
 	extern char **environ;
 	for (char **e = environ; e && *e; e++) {
@@ -270,7 +337,10 @@ static struct {
 	pm_CUptiResult (*EnableDriverApi)(uint32_t, uint8_t);
 	pm_CUptiResult (*EnableRuntimeApi)(uint32_t, uint8_t);
 	pm_CUptiResult (*GetResultString)(pm_CUptiResult, const char **);
-	/* buffers (mu) */
+	pm_CUptiResult (*EnableAndDump)(uint32_t);
+	/* buffers (mu). The pool outlives an injected session (detach): CUPTI may keep empty
+	 * buffers it was handed, so they are never unmapped; a later session reuses them. */
+	int pool_inited;
 	pthread_mutex_t mu;
 	struct pm_buf *free_list;
 	struct pm_buf *done_head, *done_tail;
@@ -300,6 +370,7 @@ static struct {
 	int sample_on;          /* kernel sampling: CONCURRENT_KERNEL enabled in this window */
 	int gt_allowed;         /* GRAPH_TRACE may be (re-)enabled: only inside InitializeInjection, see wanted_kinds */
 	int gt_fallback_logged;
+	uint32_t dump_kinds;    /* DEVICE/CONTEXT enabled by cuptiActivityEnableAndDump at a late arm (bit 0, 1) */
 	uint64_t sample_tick;
 	/* names (agent thread only) */
 	struct pm_name *ptab;
@@ -308,6 +379,8 @@ static struct {
 	uint32_t ctab_cap;
 	struct pm_name_ent *names;
 	uint32_t names_n, names_cap;
+	uint64_t name_bytes;
+	int name_warned;
 	/* counters (atomics where touched by CUPTI threads) */
 	uint64_t buffers_requested, buffers_discard, buffers_completed;
 	uint64_t records_converted, records_unknown, records_discarded, cupti_dropped;
@@ -546,8 +619,6 @@ static uint32_t intern_name(const char *p)
 	uint32_t len;
 	uint64_t h = fnv1a(p, &len);
 	uint32_t id = 0;
-	static uint64_t name_bytes;
-	static int warned;
 	uint32_t j = (uint32_t)h & (G.ctab_cap - 1);
 	while (G.ctab[j]) {
 		struct pm_name_ent *e = &G.names[G.ctab[j]];
@@ -558,15 +629,15 @@ static uint32_t intern_name(const char *p)
 		j = (j + 1) & (G.ctab_cap - 1);
 	}
 	if (!id) {
-		if (name_bytes + len + 1 > PM_MAX_NAME_BYTES) {
-			if (!warned) {
-				warned = 1;
+		if (G.name_bytes + len + 1 > PM_MAX_NAME_BYTES) {
+			if (!G.name_warned) {
+				G.name_warned = 1;
 				emit_log(PM_LOG_WARN, "kernel name table full (%u names, %llu bytes): further new names get id 0",
-					 G.names_n, (unsigned long long)name_bytes);
+					 G.names_n, (unsigned long long)G.name_bytes);
 			}
 			return 0;
 		}
-		name_bytes += len + 1;
+		G.name_bytes += len + 1;
 		char *s = malloc(len + 1);
 		if (!s)
 			return 0;
@@ -767,6 +838,18 @@ static void convert_record(const void *rec)
 		r.object_id = o->objectKind == 2 /* THREAD */ ? o->objectId[1] : o->objectId[0];
 		r.correlation_id = o->correlationId;
 		pm_ring_write(&G.ring, &r, sizeof r);
+		break;
+	}
+	case PM_KIND_DEVICE: { /* from cuptiActivityEnableAndDump at a late arm: one log line per device */
+		const struct pm_cupti_device *d = rec;
+		emit_log(PM_LOG_INFO, "device %u: %.200s (sm_%u%u, %u SMs, %llu MiB)", d->id, d->name ? d->name : "?",
+			 d->computeCapabilityMajor, d->computeCapabilityMinor, d->numMultiprocessors,
+			 (unsigned long long)(d->globalMemorySize >> 20));
+		break;
+	}
+	case PM_KIND_CONTEXT: {
+		const struct pm_cupti_context *c = rec;
+		emit_log(PM_LOG_INFO, "context %u on device %u", c->contextId, c->deviceId);
 		break;
 	}
 	default:
@@ -997,9 +1080,11 @@ static int pm_kinds_env; /* PROFILEMATE_KINDS was set at start: only then re-rea
 static void load_kinds_mask(void)
 {
 	static int first = 1;
-	if (!first && !pm_kinds_env)
+	if (!first && !pm_kinds_env) {
+		C.kinds_mask = PM_KINDS_DEFAULT; /* pm_config_load cleared it (a later injected session) */
 		return;
-	const char *v = getenv("PROFILEMATE_KINDS");
+	}
+	const char *v = cfg_env("PROFILEMATE_KINDS");
 	if (first)
 		pm_kinds_env = v != NULL;
 	first = 0;
@@ -1162,10 +1247,12 @@ static void apply_control(int enable, uint32_t detail, uint32_t sample_every, ui
 
 /* ------------------------------------------------------------------ yield */
 
+static void undump_kinds(void);
 static void do_yield(void)
 {
 	if (!G.running)
 		return;
+	undump_kinds();
 	set_kinds(0);
 	set_api_allowlist(0);
 	G.FlushAll(PM_FLUSH_FORCED);
@@ -1222,6 +1309,86 @@ static int do_rearm(void)
 	return 1;
 }
 
+/* DEVICE and CONTEXT records are written when a device or context is created, long before a
+ * late arm: cuptiActivityEnableAndDump enables the kind and writes the existing ones (they
+ * become log records, convert_record). The kinds stay on (records only at creation) until a
+ * yield or detach. */
+static const uint32_t pm_dump_kinds[2] = {PM_KIND_DEVICE, PM_KIND_CONTEXT};
+static void dump_device_context(void)
+{
+	if (!G.EnableAndDump)
+		return;
+	for (int i = 0; i < 2; i++) {
+		if (G.dump_kinds & (1u << i))
+			continue;
+		pm_CUptiResult st = G.EnableAndDump(pm_dump_kinds[i]);
+		if (st == PM_CUPTI_SUCCESS)
+			G.dump_kinds |= 1u << i;
+		else
+			emit_log(PM_LOG_WARN, "cuptiActivityEnableAndDump(%u) = %d", pm_dump_kinds[i], st);
+	}
+}
+static void undump_kinds(void)
+{
+	for (int i = 0; i < 2; i++)
+		if (G.dump_kinds & (1u << i))
+			(void)G.Disable(pm_dump_kinds[i]);
+	G.dump_kinds = 0;
+}
+
+/* An enable for an agent that left CUPTI untouched (PROFILEMATE_ARM=none, or injected) or
+ * yielded it: subscribe, callbacks, clock, thread ids, then the kinds of the level, then the
+ * DEVICE/CONTEXT dump. The first such arm is timed (CLOCK_MONOTONIC around every arming call,
+ * including the kernel enable that may stall while CUPTI instruments loaded modules) and
+ * published in the ring header (first_enable_ns). */
+static void arm_and_enable(uint32_t det, uint32_t se, uint32_t reason)
+{
+	int first = G.deferred;
+	uint64_t t0 = pm_now_ns();
+	if (!do_rearm())
+		return;
+	apply_control(1, det, se, reason);
+	dump_device_context();
+	if (first) {
+		uint64_t dt = pm_now_ns() - t0;
+		__atomic_store_n(&G.ring.hdr->first_enable_ns, dt ? dt : 1, __ATOMIC_RELEASE);
+		emit_log(PM_LOG_INFO, "first enable: CUPTI armed late in %.3f ms", (double)dt / 1e6);
+	}
+}
+
+/* Detach (injected agent: control_enable=3, or its tracer stopped heart-beating): every kind
+ * off, forced flush converted into the ring while still "enabled" (nothing collected is lost),
+ * unsubscribe (never cuptiFinalize: heavy, and re-init after it crashed CUDA-graph processes),
+ * final agent_stats + stream_stats, producer_state=5. The caller acknowledges; the thread then
+ * leaves its loop and pm_session_end unmaps and closes the ring. */
+static void do_detach(uint32_t reason)
+{
+	if (G.running) {
+		undump_kinds();
+		set_kinds(0);
+		set_api_allowlist(0);
+		G.FlushAll(PM_FLUSH_FORCED);
+		drain_completed();
+		size_t dropped = 0;
+		if (G.GetNumDropped(NULL, 0, &dropped) == PM_CUPTI_SUCCESS && dropped)
+			G.cupti_dropped += dropped;
+		if (G.Unsubscribe && G.subscriber)
+			G.Unsubscribe(G.subscriber);
+		G.subscriber = NULL;
+		__atomic_store_n(&G.running, 0, __ATOMIC_RELEASE);
+	} else {
+		drain_completed();
+	}
+	G.enabled = 0;
+	emit_control_change(reason);
+	emit_log(PM_LOG_INFO, "detached (%s): CUPTI unsubscribed, ring closed; the library stays loaded",
+		 reason == PM_REASON_ORPHAN ? "tracer heartbeat lost" : "tracer request");
+	emit_agent_stats(1);
+	emit_stream_stats();
+	__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_DETACHED, __ATOMIC_RELEASE);
+	G.stop = 1;
+}
+
 /* ------------------------------------------------------------------ agent thread */
 
 static void handle_hijack(void)
@@ -1251,13 +1418,29 @@ static void poll_control(void)
 		uint32_t se = __atomic_load_n(&h->sample_every, __ATOMIC_RELAXED);
 		G.applied_seq = seq;
 		G.orphaned = 0;
-		if (en == 2)
+		if (en == 3 && pm_injected) {
+			do_detach(PM_REASON_DETACH); /* producer_state=5 before the acknowledgement */
+			__atomic_store_n(&h->control_ack, seq, __ATOMIC_RELEASE);
+			return;
+		}
+		if (en == 2 || en == 3) /* 3 (detach) on a preloaded agent: yield; it keeps its ring */
 			do_yield();
 		else if (G.running)
 			apply_control(en == 1, det, se, PM_REASON_TRACER);
-		else if ((G.yielded || G.deferred) && en == 1 && do_rearm())
-			apply_control(1, det, se, PM_REASON_TRACER);
+		else if ((G.yielded || G.deferred) && en == 1)
+			arm_and_enable(det, se, PM_REASON_TRACER);
 		__atomic_store_n(&h->control_ack, seq, __ATOMIC_RELEASE);
+	}
+	if (pm_injected) {
+		/* Nobody but the tracer that injected us knows this ring: once its heartbeat (or, before
+		 * the first one, the start) is older than orphan_timeout_s, detach whatever the state. */
+		uint64_t hb = __atomic_load_n(&h->consumer_heartbeat_ns, __ATOMIC_RELAXED);
+		uint64_t ref = hb ? hb : I.start_ns;
+		if (C.orphan_ns && pm_now_ns() > ref + C.orphan_ns) {
+			emit_log(PM_LOG_WARN, "tracer heartbeat older than %.1f s: detaching", (double)C.orphan_ns / 1e9);
+			do_detach(PM_REASON_ORPHAN);
+		}
+		return;
 	}
 	if (G.running && G.enabled && C.orphan_ns) {
 		uint64_t hb = __atomic_load_n(&h->consumer_heartbeat_ns, __ATOMIC_RELAXED);
@@ -1342,6 +1525,10 @@ static void *pm_thread_main(void *arg)
 			continue;
 		pthread_mutex_unlock(&G.tmu);
 		poll_control();
+		if (G.stop) { /* detached: stream_stats was the last record */
+			pthread_mutex_lock(&G.tmu);
+			break;
+		}
 		uint64_t now = pm_now_ns();
 		if (now >= next_flush) {
 			flush_once(0);
@@ -1531,6 +1718,7 @@ static int resolve(void)
 	SYM(EnableDriverApi, "cuptiActivityEnableDriverApi", 0);
 	SYM(EnableRuntimeApi, "cuptiActivityEnableRuntimeApi", 0);
 	SYM(GetResultString, "cuptiGetResultString", 0);
+	SYM(EnableAndDump, "cuptiActivityEnableAndDump", 0);
 	return 0;
 }
 
@@ -1623,6 +1811,11 @@ static void go_failed(const char *why)
 
 static void start_agent_thread(void)
 {
+	if (pm_injected) { /* pm_inject_main is the agent thread: it enters the loop after pm_init */
+		G.thread = pthread_self();
+		G.thread_started = 1;
+		return;
+	}
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -1685,8 +1878,19 @@ static void pm_init(void)
 	G.have_ring = 1;
 	G.ring.hdr->control_enable = (uint32_t)C.start_enable;
 	G.ring.hdr->control_detail = C.start_detail;
+	if (pm_injected) {
+		/* Started in a running process: CUDA is initialised, so CUPTI can only be armed late. No
+		 * control socket: the tracer finds the ring in /proc/PID/fd. */
+		G.ring.hdr->producer_flags = PM_PFLAG_LATE_START;
+		G.ring.hdr->late_start_ns = I.start_ns;
+		G.agent_flags |= PM_AF_LATE;
+	}
 	send_ring_fd();
-	atexit(pm_atexit);
+	static int atexit_done; /* once per process: an injected agent may start many sessions */
+	if (!atexit_done) {
+		atexit_done = 1;
+		atexit(pm_atexit);
+	}
 	G.driver_version = query_driver_version();
 
 	if (C.yield) {
@@ -1694,7 +1898,8 @@ static void pm_init(void)
 		start_agent_thread(); /* only acknowledges control changes */
 		return;
 	}
-	G.lib = open_cupti(G.lib_path, sizeof G.lib_path);
+	if (!G.lib) /* a later injected session keeps the first one's libcupti (never dlclosed) */
+		G.lib = open_cupti(G.lib_path, sizeof G.lib_path);
 	if (!G.lib) {
 		go_failed("no libcupti found (set PROFILEMATE_CUPTI_PATH)");
 		return;
@@ -1722,7 +1927,7 @@ static void pm_init(void)
 	 * The price: the first enable arms CUPTI late (GRAPH_TRACE cannot be enabled late, so
 	 * graphs are recorded per node, and the first kernel enable may stall while CUPTI
 	 * instruments loaded modules), and another CUPTI user is only detected then. */
-	int deferred = !C.start_enable && !C.arm_light && !C.arm_graph && !C.arm_full && !C.arm_lazy;
+	int deferred = pm_injected || (!C.start_enable && !C.arm_light && !C.arm_graph && !C.arm_full && !C.arm_lazy);
 	/* Subscribe first: the advisory lock that tells other tools (and us) who owns CUPTI. */
 	char holder[256] = "";
 	pm_CUptiResult st = deferred ? PM_CUPTI_SUCCESS : pm_subscribe(holder, sizeof holder);
@@ -1764,12 +1969,19 @@ static void pm_init(void)
 		G.api_allow[0][pm_drv_allow[i] >> 6] |= 1ull << (pm_drv_allow[i] & 63);
 	for (size_t i = 0; i < sizeof pm_rt_allow / sizeof *pm_rt_allow; i++)
 		G.api_allow[1][pm_rt_allow[i] >> 6] |= 1ull << (pm_rt_allow[i] & 63);
-	/* Buffer pool: budget = max - ring - discard reserve; two buffers pre-allocated. */
+	/* Buffer pool: budget = max - ring - discard reserve; two buffers pre-allocated. Once per
+	 * process (an injected agent's later sessions reuse it, see pool_inited). */
 	uint64_t reserve = C.ring_bytes + PM_DISCARD_COUNT * (PM_DISCARD_SIZE + PM_BUF_HDR);
-	G.pool_budget = C.max_bytes > reserve ? C.max_bytes - reserve : 0;
-	if (G.pool_budget < 2 * (C.buf_bytes + PM_BUF_HDR))
-		G.pool_budget = 2 * (C.buf_bytes + PM_BUF_HDR);
-	for (int i = 0; i < 2; i++) {
+	pthread_mutex_lock(&G.mu);
+	int pool_done = G.pool_inited;
+	G.pool_inited = 1;
+	if (!pool_done) {
+		G.pool_budget = C.max_bytes > reserve ? C.max_bytes - reserve : 0;
+		if (G.pool_budget < 2 * (C.buf_bytes + PM_BUF_HDR))
+			G.pool_budget = 2 * (C.buf_bytes + PM_BUF_HDR);
+	}
+	pthread_mutex_unlock(&G.mu);
+	for (int i = 0; i < 2 && !pool_done; i++) {
 		struct pm_buf *b = buf_alloc(C.buf_bytes, 0);
 		if (b) {
 			b->next = G.free_list;
@@ -1777,16 +1989,18 @@ static void pm_init(void)
 			G.pool_bytes += C.buf_bytes + PM_BUF_HDR;
 		}
 	}
-	for (int i = 0; i < PM_DISCARD_COUNT; i++) {
+	for (int i = 0; i < PM_DISCARD_COUNT && !pool_done; i++) {
 		struct pm_buf *b = buf_alloc(PM_DISCARD_SIZE, 1);
 		if (b) {
 			b->next = G.discard_free;
 			G.discard_free = b;
 		}
 	}
-	G.emergency = buf_alloc(PM_DISCARD_SIZE, 1);
-	if (G.emergency)
-		G.emergency->shared = 1;
+	if (!pool_done) {
+		G.emergency = buf_alloc(PM_DISCARD_SIZE, 1);
+		if (G.emergency)
+			G.emergency->shared = 1;
+	}
 	if (deferred) {
 		G.deferred = 1;
 		emit_process_info();
@@ -1834,6 +2048,10 @@ static void pm_init(void)
 PM_EXPORT int InitializeInjection(void)
 {
 	static int once;
+	int idle = PM_INJ_IDLE;
+	if (!__atomic_compare_exchange_n(&I.state, &idle, PM_INJ_CUINIT, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+	    idle != PM_INJ_CUINIT)
+		return 1; /* an injected session runs in this process: it arms CUPTI itself */
 	if (__atomic_exchange_n(&once, 1, __ATOMIC_ACQ_REL))
 		return 1;
 	if (G.poisoned)
@@ -1841,6 +2059,420 @@ PM_EXPORT int InitializeInjection(void)
 	G.inited = 1;
 	pm_init();
 	return 1;
+}
+
+/* ------------------------------------------------------------------ late start (pm_inject_start) */
+
+/* Ends an injected session on its own thread, after detach: unmaps and closes the ring, frees
+ * the name tables, gives the idle buffers' pages back (the pool itself stays, see pool_inited),
+ * resets the collection state and finally marks the agent idle, so that a later
+ * pm_inject_start starts afresh. The library stays loaded. */
+static void pm_session_end(void)
+{
+	pm_ring_close(&G.ring);
+	G.have_ring = 0;
+	for (uint32_t i = 1; i <= G.names_n; i++)
+		free(G.names[i].str);
+	free(G.names);
+	free(G.ptab);
+	free(G.ctab);
+	G.names = NULL, G.ptab = NULL, G.ctab = NULL;
+	G.names_n = G.names_cap = G.ptab_cap = G.ptab_n = G.ctab_cap = 0;
+	G.name_bytes = 0, G.name_warned = 0;
+	long pg = sysconf(_SC_PAGESIZE);
+	pthread_mutex_lock(&G.mu);
+	struct pm_buf *lists[2] = {G.free_list, G.discard_free};
+	for (int l = 0; l < 2; l++)
+		for (struct pm_buf *b = lists[l]; b; b = b->next) {
+			size_t total = b->size + PM_BUF_HDR;
+			if (pg > 0 && total > (size_t)pg) /* keep the header page; the rest reads as zeros */
+				madvise((uint8_t *)b + pg, total - (size_t)pg, MADV_DONTNEED);
+		}
+	pthread_mutex_unlock(&G.mu);
+	G.running = 0, G.passive = 0, G.agent_flags = 0, G.subscriber = NULL;
+	G.enabled = 0, G.detail = 0, G.sample_every = 0, G.applied_seq = 0, G.kinds_on = 0, G.api_on = 0;
+	G.orphaned = 0, G.yielded = 0, G.deferred = 0, G.hijacked = 0, G.sample_on = 0, G.sample_tick = 0;
+	G.gt_allowed = 0, G.gt_fallback_logged = 0, G.dump_kinds = 0;
+	G.buffers_requested = G.buffers_discard = G.buffers_completed = 0;
+	G.records_converted = G.records_unknown = G.records_discarded = G.cupti_dropped = 0;
+	G.records_dormant = G.kernels_zero_ts = G.flush_count = G.flush_ns_total = G.last_stats_sig = 0;
+	G.thread_started = 0, G.final_req = 0, G.final_done = 0, G.stop = 0;
+	int fd = I.log_fd;
+	__atomic_store_n(&I.log_fd, -1, __ATOMIC_RELAXED);
+	pm_injected = 0;
+	if (fd >= 0)
+		close(fd);
+	__atomic_store_n(&I.state, PM_INJ_IDLE, __ATOMIC_RELEASE);
+}
+
+/* One line to the conf's log file, opened per call (threads other than the agent's). */
+static void log_to_path(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_to_path(const char *path, const char *fmt, ...)
+{
+	if (!path || !*path)
+		return;
+	char buf[512];
+	int n = snprintf(buf, sizeof buf, "[profilemate] pid %d: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0 || m < 0)
+		return;
+	size_t len = strlen(buf);
+	buf[len++] = '\n';
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+	if (fd < 0)
+		return;
+	ssize_t w PM_UNUSED = write(fd, buf, len);
+	close(fd);
+}
+
+/* Python bootstrap (pyhook_from_agent=1). The Python C API is reached with dlsym(RTLD_DEFAULT)
+ * (a python3 executable or a libpython loaded RTLD_GLOBAL exports it; no Python headers:
+ * PyGILState_STATE is an int enum). It runs on its own short-lived thread, never the agent's:
+ * PyGILState_Ensure waits for the GIL as long as an application thread holds it (a long C call
+ * that does not release it), and the agent must keep serving its control word meanwhile. */
+struct pm_pyboot {
+	uint32_t gen;
+	int (*ensure)(void);
+	void (*release)(int);
+	int (*run)(const char *);
+	int (*runf)(const char *, void *);
+	int (*finalizing)(void);
+	char log[PATH_MAX];
+	char code[];
+};
+
+static void *pm_pyboot_main(void *arg)
+{
+	struct pm_pyboot *b = arg;
+	prctl(PR_SET_NAME, "pm-pyboot", 0, 0, 0);
+	int rc = 0, ran = 0;
+	int st = b->ensure();
+	/* Still the session that asked (not detached meanwhile), and the interpreter not exiting. */
+	if (__atomic_load_n(&I.gen, __ATOMIC_ACQUIRE) == b->gen &&
+	    __atomic_load_n(&I.state, __ATOMIC_ACQUIRE) == PM_INJ_RUNNING && !(b->finalizing && b->finalizing())) {
+		rc = b->run ? b->run(b->code) : b->runf(b->code, NULL);
+		ran = 1;
+	}
+	b->release(st);
+	if (!ran)
+		log_to_path(b->log, "Python hook bootstrap skipped: the agent detached (or Python finalized) before the GIL came");
+	else if (rc != 0)
+		log_to_path(b->log, "Python hook bootstrap: PyRun_SimpleString returned %d", rc);
+	else if (C.debug)
+		log_to_path(b->log, "Python hook bootstrap ran");
+	free(b);
+	return NULL;
+}
+
+static char *hex_append(char *dst, const char *s)
+{
+	static const char hx[] = "0123456789abcdef";
+	for (; *s; s++) {
+		*dst++ = hx[(uint8_t)*s >> 4];
+		*dst++ = hx[(uint8_t)*s & 15];
+	}
+	*dst = 0;
+	return dst;
+}
+
+/* The statement run in __main__ binds no name there: exec of a compiled block in a fresh dict.
+ * Paths travel hex-encoded (no quoting problem). Every exception (the hook's too) is caught and
+ * written to the log, never printed into the target. */
+static const char pm_pyboot_src_fmt[] =
+	"import sys\n"
+	"d = bytes.fromhex('%s').decode('utf-8', 'surrogateescape')\n"
+	"c = bytes.fromhex('%s').decode('utf-8', 'surrogateescape')\n"
+	"g = bytes.fromhex('%s').decode('utf-8', 'surrogateescape')\n"
+	"try:\n"
+	"    if d:\n"
+	"        while d in sys.path:\n"
+	"            sys.path.remove(d)\n"
+	"        sys.path.insert(0, d)\n"
+	"    from profilemate_trace import late\n"
+	"    late.start(c)\n"
+	"except BaseException:\n"
+	"    if g:\n"
+	"        try:\n"
+	"            import os, traceback\n"
+	"            with open(g, 'a') as f:\n"
+	"                f.write('[profilemate] pid %%d: Python hook late start failed:\\n%%s' %% (os.getpid(), traceback.format_exc()))\n"
+	"        except BaseException:\n"
+	"            pass\n";
+
+static void pm_python_bootstrap(void)
+{
+	if (!I.conf.pyhook_from_agent)
+		return;
+	int (*is_init)(void) = NULL;
+	struct pm_pyboot tmp;
+	memset(&tmp, 0, sizeof tmp);
+	*(void **)(&is_init) = dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+	*(void **)(&tmp.ensure) = dlsym(RTLD_DEFAULT, "PyGILState_Ensure");
+	*(void **)(&tmp.release) = dlsym(RTLD_DEFAULT, "PyGILState_Release");
+	*(void **)(&tmp.run) = dlsym(RTLD_DEFAULT, "PyRun_SimpleString");
+	*(void **)(&tmp.runf) = dlsym(RTLD_DEFAULT, "PyRun_SimpleStringFlags");
+	*(void **)(&tmp.finalizing) = dlsym(RTLD_DEFAULT, "Py_IsFinalizing"); /* 3.13+ */
+	if (!tmp.finalizing)
+		*(void **)(&tmp.finalizing) = dlsym(RTLD_DEFAULT, "_Py_IsFinalizing");
+	if (!is_init || !tmp.ensure || !tmp.release || (!tmp.run && !tmp.runf)) {
+		emit_log(PM_LOG_WARN, "pyhook_from_agent=1 but no CPython C API in this process's global scope "
+				      "(Py_IsInitialized not found): the Python hook was not started");
+		return;
+	}
+	if (is_init() != 1 || (tmp.finalizing && tmp.finalizing())) {
+		emit_log(PM_LOG_WARN, "pyhook_from_agent=1 but CPython is not running (not initialised or finalizing): "
+				      "the Python hook was not started");
+		return;
+	}
+	/* inner source: three hex-encoded paths; outer statement: the inner source hex-encoded */
+	size_t plen = strlen(I.conf.pyhook_dir) + strlen(I.conf.path) + strlen(I.conf.log);
+	size_t inner_cap = sizeof pm_pyboot_src_fmt + 2 * plen + 16;
+	char *hx = malloc(2 * plen + 3);
+	char *inner = malloc(inner_cap);
+	struct pm_pyboot *b = malloc(sizeof *b + 2 * inner_cap + 256);
+	if (!hx || !inner || !b) {
+		free(hx), free(inner), free(b);
+		emit_log(PM_LOG_ERROR, "Python hook bootstrap: out of memory");
+		return;
+	}
+	char *h1 = hx, *h2 = hex_append(h1, I.conf.pyhook_dir) + 1;
+	char *h3 = hex_append(h2, I.conf.path) + 1;
+	hex_append(h3, I.conf.log);
+	snprintf(inner, inner_cap, pm_pyboot_src_fmt, h1, h2, h3);
+	*b = tmp;
+	b->gen = __atomic_load_n(&I.gen, __ATOMIC_ACQUIRE);
+	snprintf(b->log, sizeof b->log, "%s", I.conf.log);
+	char *p = b->code;
+	p += sprintf(p, "exec(compile(bytes.fromhex('");
+	p = hex_append(p, inner);
+	sprintf(p, "').decode('utf-8', 'surrogateescape'), '<profilemate late start>', 'exec'), "
+		   "{'__name__': 'profilemate_late_boot'})\n");
+	free(hx);
+	free(inner);
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_t t;
+	int err = pthread_create(&t, &at, pm_pyboot_main, b);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&at);
+	if (err) {
+		free(b);
+		emit_log(PM_LOG_ERROR, "Python hook bootstrap: cannot start a thread (%s)", strerror(err));
+		return;
+	}
+	emit_log(PM_LOG_INFO, "Python hook bootstrap: profilemate_trace.late.start(%.200s) runs under the GIL on thread pm-pyboot",
+		 I.conf.path);
+}
+
+/* The injected agent's thread: what InitializeInjection and the agent thread do for a preloaded
+ * agent, with CUPTI untouched until the first enable (PROFILEMATE_ARM=none's path), then the
+ * loop until detach, then the end of the session. */
+static void *pm_inject_main(void *arg)
+{
+	(void)arg;
+	prctl(PR_SET_NAME, "pm-cupti", 0, 0, 0);
+	pm_init();
+	if (G.have_ring) {
+		if (I.conf.bad[0])
+			emit_log(PM_LOG_WARN, "inject.conf %.200s: invalid value for%.150s (defaults used)", I.conf.path,
+				 I.conf.bad);
+		emit_log(PM_LOG_INFO, "started by pm_inject_start (session %d)", I.sessions);
+		if (C.start_enable && G.deferred) /* start=graph|nodes: arm at once */
+			arm_and_enable(C.start_detail, 0, PM_REASON_ENV);
+		pm_python_bootstrap();
+		G.thread = pthread_self();
+		G.thread_started = 1;
+		pm_thread_main(NULL);
+	}
+	pm_session_end();
+	return NULL;
+}
+
+static void conf_set(char *dst, size_t cap, const char *v, const char *key, struct pm_inject_conf *ic)
+{
+	if (strlen(v) >= cap) {
+		size_t n = strlen(ic->bad);
+		snprintf(ic->bad + n, sizeof ic->bad - n, " %s", key);
+		return;
+	}
+	memcpy(dst, v, strlen(v) + 1);
+}
+
+/* inject.conf: "key=value" lines, '#' comments, blanks around key and value ignored, unknown
+ * keys ignored, invalid values noted (logged by the agent thread) and replaced by defaults. */
+static int parse_conf(const char *path, struct pm_inject_conf *ic)
+{
+	static char buf[16384]; /* not on the caller's stack (a hijacked thread's stack is not ours) */
+	memset(ic, 0, sizeof *ic);
+	ic->orphan_s = -1;
+	ic->start_detail = PM_DETAIL_GRAPH;
+	if (!path || !*path)
+		return 0;
+	if (strlen(path) >= sizeof ic->path)
+		return -ENAMETOOLONG;
+	memcpy(ic->path, path, strlen(path) + 1);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return -errno;
+	size_t n = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + n, sizeof buf - 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n == sizeof buf - 1) {
+			close(fd);
+			return -EFBIG;
+		}
+	}
+	close(fd);
+	buf[n] = 0;
+	char *save = NULL;
+	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *eq = strchr(line, '=');
+		if (line[strspn(line, " \t\r")] == '#' || !eq)
+			continue;
+		*eq = 0;
+		char *k = line, *v = eq + 1;
+		while (*k == ' ' || *k == '\t')
+			k++;
+		for (char *e = eq - 1; e >= k && (*e == ' ' || *e == '\t'); e--)
+			*e = 0;
+		while (*v == ' ' || *v == '\t')
+			v++;
+		for (char *e = v + strlen(v) - 1; e >= v && (*e == ' ' || *e == '\t' || *e == '\r'); e--)
+			*e = 0;
+		char *end = NULL;
+		int bad = 0;
+		if (!strcmp(k, "pyhook_dir"))
+			conf_set(ic->pyhook_dir, sizeof ic->pyhook_dir, v, k, ic);
+		else if (!strcmp(k, "log"))
+			conf_set(ic->log, sizeof ic->log, v, k, ic);
+		else if (!strcmp(k, "cupti_path"))
+			conf_set(ic->cupti_path, sizeof ic->cupti_path, v, k, ic);
+		else if (!strcmp(k, "pyhook_from_agent") || !strcmp(k, "debug")) {
+			int b = !strcmp(v, "1") || !strcasecmp(v, "true") ? 1 : !strcmp(v, "0") || !strcasecmp(v, "false") ? 0 : -1;
+			if (b < 0)
+				bad = 1;
+			else if (k[0] == 'p')
+				ic->pyhook_from_agent = b;
+			else
+				ic->debug = b;
+		} else if (!strcmp(k, "start")) {
+			if (!strcmp(v, "graph"))
+				ic->start_enable = 1, ic->start_detail = PM_DETAIL_GRAPH;
+			else if (!strcmp(v, "nodes"))
+				ic->start_enable = 1, ic->start_detail = PM_DETAIL_NODES;
+			else if (strcmp(v, "none") && strcmp(v, "off") && strcmp(v, "dormant"))
+				bad = 1;
+		} else if (!strcmp(k, "orphan_timeout_s")) {
+			double d = strtod(v, &end);
+			if (!*v || *end || !(d >= 0 && d <= 86400))
+				bad = 1;
+			else
+				ic->orphan_s = d;
+		} else if (!strcmp(k, "flush_ms") || !strcmp(k, "ring_kb")) {
+			unsigned long x = strtoul(v, &end, 10);
+			int fl = k[0] == 'f';
+			if (!*v || *end || (fl ? (x < 10 || x > 5000) : (x < 4 || x > (1ul << 22))))
+				bad = 1;
+			else if (fl)
+				ic->flush_ms = (uint32_t)x;
+			else
+				ic->ring_kb = (uint32_t)x;
+		}
+		if (bad) {
+			size_t m = strlen(ic->bad);
+			snprintf(ic->bad + m, sizeof ic->bad - m, " %s", k);
+		}
+	}
+	return 0;
+}
+
+/* 1 when this process already has a CUPTI agent ring (a preloaded agent, or an injected one
+ * from another copy of this library, e.g. an earlier staging directory). */
+static int pm_ring_present(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return 0;
+	int found = 0;
+	char tgt[128];
+	for (struct dirent *e; !found && (e = readdir(d));) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		ssize_t n = readlinkat(dirfd(d), e->d_name, tgt, sizeof tgt - 1);
+		if (n <= 0)
+			continue;
+		tgt[n] = 0;
+		found = !strncmp(tgt, "/memfd:profilemate-cupti", 24);
+	}
+	closedir(d);
+	return found;
+}
+
+/* Late start in a running process (docs/injection.md §2, §3). Called by a thread the tracer
+ * borrowed with ptrace, or by Python's ctypes: it returns at once. No CUDA, CUPTI or Python
+ * call and no wait here; it reads the configuration and starts the agent's own thread.
+ * Returns 0 started, 1 already running in this process (an injected session of this copy,
+ * an agent started by cuInit, or another copy's ring), a negative errno on error. */
+PM_EXPORT int pm_inject_start(const char *conf_path)
+{
+	if (G.poisoned)
+		return -EPERM; /* a child forked after the agent started: nothing may run here */
+	int st = PM_INJ_IDLE;
+	if (!__atomic_compare_exchange_n(&I.state, &st, PM_INJ_RUNNING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return 1;
+	if (pm_ring_present()) {
+		__atomic_store_n(&I.state, PM_INJ_IDLE, __ATOMIC_RELEASE);
+		return 1;
+	}
+	int err = parse_conf(conf_path, &I.conf);
+	if (err < 0) {
+		__atomic_store_n(&I.state, PM_INJ_IDLE, __ATOMIC_RELEASE);
+		return err;
+	}
+	int fd = -1;
+	if (I.conf.log[0])
+		fd = open(I.conf.log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+	__atomic_store_n(&I.log_fd, fd, __ATOMIC_RELAXED);
+	I.start_ns = pm_now_ns();
+	I.sessions++;
+	__atomic_add_fetch(&I.gen, 1, __ATOMIC_ACQ_REL);
+	pm_injected = 1;
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED); /* nobody joins it: it ends the session itself */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_t t;
+	err = pthread_create(&t, &at, pm_inject_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&at);
+	if (err) {
+		pm_injected = 0;
+		__atomic_store_n(&I.log_fd, -1, __ATOMIC_RELAXED);
+		if (fd >= 0)
+			close(fd);
+		__atomic_store_n(&I.state, PM_INJ_IDLE, __ATOMIC_RELEASE);
+		return -err;
+	}
+	return 0;
 }
 
 /* NVTX injection (NVTX_INJECTION64_PATH points here). Opt-in with
@@ -1907,7 +2539,51 @@ PM_EXPORT pm_CUptiResult cuptiActivityRegisterCallbacks(pm_buf_request_fn req, p
 	return st;
 }
 
-/* LD_PRELOAD constructor: only arm the injection variables; no CUDA, no thread. */
+/* 1 when path is named in one of the preload lists (LD_PRELOAD, /etc/ld.so.preload): as
+ * written, as a bare file name (searched by ld.so), or resolving to the same file. */
+static int pm_listed_in(const char *list, const char *path, const char *real)
+{
+	const char *base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	char tok[PATH_MAX], rp[PATH_MAX];
+	for (const char *p = list; p && *p;) {
+		size_t n = strcspn(p, " :\t\n");
+		if (n && n < sizeof tok) {
+			memcpy(tok, p, n);
+			tok[n] = 0;
+			if (!strcmp(tok, path) || (!strchr(tok, '/') && !strcmp(tok, base)) ||
+			    (real && strchr(tok, '/') && realpath(tok, rp) && !strcmp(rp, real)))
+				return 1;
+		}
+		p += n;
+		p += strspn(p, " :\t\n");
+	}
+	return 0;
+}
+
+static int pm_is_preloaded(const char *path)
+{
+	char real[PATH_MAX];
+	const char *r = realpath(path, real) ? real : NULL;
+	if (pm_listed_in(getenv("LD_PRELOAD"), path, r))
+		return 1;
+	int fd = open("/etc/ld.so.preload", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char buf[4096];
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return pm_listed_in(buf, path, r);
+}
+
+/* LD_PRELOAD constructor: only arm the injection variables; no CUDA, no thread.
+ * It arms only when this library is actually preloaded. Loaded late instead (dlopen by the
+ * attach loader or ctypes, pm_inject_start), the process's CUDA is usually initialised already:
+ * setting CUDA_INJECTION64_PATH then would arm only its *children*, with a copy of the agent in
+ * a staging directory that is removed at detach. So a late load changes no environment. */
 __attribute__((constructor)) static void pm_preload_ctor(void)
 {
 	/* Resolved here, never on the exit path (no dlsym in a vfork child or a signal handler). */
@@ -1929,6 +2605,8 @@ __attribute__((constructor)) static void pm_preload_ctor(void)
 			return;
 		path = abs;
 	}
+	if (!pm_is_preloaded(path))
+		return;
 	setenv("CUDA_INJECTION64_PATH", path, 0);
 	setenv("NVTX_INJECTION64_PATH", path, 0);
 }

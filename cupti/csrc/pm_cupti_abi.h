@@ -34,6 +34,8 @@ enum {
 	PM_KIND_KERNEL = 3,
 	PM_KIND_DRIVER = 4,
 	PM_KIND_RUNTIME = 5,
+	PM_KIND_DEVICE = 8,
+	PM_KIND_CONTEXT = 9,
 	PM_KIND_CONCURRENT_KERNEL = 10,
 	PM_KIND_OVERHEAD = 17,
 	PM_KIND_SYNCHRONIZATION = 38,
@@ -232,6 +234,32 @@ struct pm_cupti_overhead { /* Overhead3 prefix (through correlationId) */
 	uint32_t correlationId;  /* 40 */
 };
 
+struct pm_cupti_device { /* Device5 prefix (184 B in 12.9 and 13.0; only through name is read) */
+	uint32_t kind;                   /* 0 */
+	uint32_t flags;                  /* 4 */
+	uint64_t globalMemoryBandwidth;  /* 8 (KB/s) */
+	uint64_t globalMemorySize;       /* 16 (bytes) */
+	uint32_t constantMemorySize;     /* 24 */
+	uint32_t l2CacheSize;            /* 28 */
+	uint32_t numThreadsPerWarp;      /* 32 */
+	uint32_t coreClockRate;          /* 36 (kHz) */
+	uint32_t numMemcpyEngines;       /* 40 */
+	uint32_t numMultiprocessors;     /* 44 */
+	uint8_t _skip0[56];              /* 48 */
+	uint32_t computeCapabilityMajor; /* 104 */
+	uint32_t computeCapabilityMinor; /* 108 */
+	uint32_t id;                     /* 112 */
+	uint32_t eccEnabled;             /* 116 */
+	uint8_t uuid[16];                /* 120 */
+	const char *name;                /* 136 */
+};
+
+struct pm_cupti_context { /* Context3 prefix (32 B in 12.9 and 13.0) */
+	uint32_t kind;           /* 0 */
+	uint32_t contextId;      /* 4 */
+	uint32_t deviceId;       /* 8 */
+};
+
 /* CUpti_SubscriberParams (13.0+) */
 struct pm_cupti_subscriber_params {
 	size_t structSize;             /* 0 */
@@ -241,6 +269,8 @@ struct pm_cupti_subscriber_params {
 };
 
 #define PM_ASSERT_OFF(t, f, o) _Static_assert(offsetof(struct t, f) == (o), #t "." #f)
+PM_ASSERT_OFF(pm_cupti_device, computeCapabilityMajor, 104);
+PM_ASSERT_OFF(pm_cupti_device, name, 136);
 PM_ASSERT_OFF(pm_cupti_kernel, registersPerThread, 6);
 PM_ASSERT_OFF(pm_cupti_kernel, start, 16);
 PM_ASSERT_OFF(pm_cupti_kernel, end, 24);

@@ -39,7 +39,6 @@ int pm_ring_create(struct pm_ring *r, const char *name, uint32_t source, uint64_
 	r->data_size = data_size;
 	r->map_size = total;
 	r->fd = fd;
-	memcpy(r->hdr->magic, "PMRING\0\1", 8);
 	r->hdr->version = 1;
 	r->hdr->header_size = PM_RING_HEADER_SIZE;
 	r->hdr->data_size = data_size;
@@ -47,6 +46,10 @@ int pm_ring_create(struct pm_ring *r, const char *name, uint32_t source, uint64_
 	r->hdr->source = source;
 	r->hdr->created_ns = pm_now_ns();
 	__atomic_store_n(&r->hdr->producer_state, PM_STATE_INIT, __ATOMIC_RELEASE);
+	/* The magic last: a tracer scanning /proc/PID/fd can open the memfd from memfd_create on;
+	 * until the magic is there it retries (ring.ErrNotReady) instead of reading a half header. */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	memcpy(r->hdr->magic, "PMRING\0\1", 8);
 	return 0;
 }
 

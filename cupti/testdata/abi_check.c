@@ -32,6 +32,8 @@ EQ(PM_KIND_KERNEL, CUPTI_ACTIVITY_KIND_KERNEL);
 EQ(PM_KIND_DRIVER, CUPTI_ACTIVITY_KIND_DRIVER);
 EQ(PM_KIND_RUNTIME, CUPTI_ACTIVITY_KIND_RUNTIME);
 EQ(PM_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+EQ(PM_KIND_DEVICE, CUPTI_ACTIVITY_KIND_DEVICE);
+EQ(PM_KIND_CONTEXT, CUPTI_ACTIVITY_KIND_CONTEXT);
 EQ(PM_KIND_OVERHEAD, CUPTI_ACTIVITY_KIND_OVERHEAD);
 EQ(PM_KIND_SYNCHRONIZATION, CUPTI_ACTIVITY_KIND_SYNCHRONIZATION);
 EQ(PM_KIND_GRAPH_TRACE, CUPTI_ACTIVITY_KIND_GRAPH_TRACE);
@@ -146,6 +148,19 @@ FIELD(pm_cupti_graph_trace, graphId, CUpti_ActivityGraphTrace2, graphId);
 FIELD(pm_cupti_graph_trace, contextId, CUpti_ActivityGraphTrace2, contextId);
 FIELD(pm_cupti_graph_trace, streamId, CUpti_ActivityGraphTrace2, streamId);
 
+FIELD(pm_cupti_device, kind, CUpti_ActivityDevice5, kind);
+FIELD(pm_cupti_device, globalMemorySize, CUpti_ActivityDevice5, globalMemorySize);
+FIELD(pm_cupti_device, numMultiprocessors, CUpti_ActivityDevice5, numMultiprocessors);
+FIELD(pm_cupti_device, computeCapabilityMajor, CUpti_ActivityDevice5, computeCapabilityMajor);
+FIELD(pm_cupti_device, computeCapabilityMinor, CUpti_ActivityDevice5, computeCapabilityMinor);
+FIELD(pm_cupti_device, id, CUpti_ActivityDevice5, id);
+FIELD(pm_cupti_device, name, CUpti_ActivityDevice5, name);
+EQ(sizeof(CUpti_ActivityDevice5), 184);
+FIELD(pm_cupti_context, kind, CUpti_ActivityContext3, kind);
+FIELD(pm_cupti_context, contextId, CUpti_ActivityContext3, contextId);
+FIELD(pm_cupti_context, deviceId, CUpti_ActivityContext3, deviceId);
+EQ(sizeof(CUpti_ActivityContext3), 32);
+
 FIELD(pm_cupti_overhead, kind, CUpti_ActivityOverhead3, kind);
 OFF(pm_cupti_overhead, overheadKind, CUpti_ActivityOverhead3, overheadKind);
 OFF(pm_cupti_overhead, objectKind, CUpti_ActivityOverhead3, objectKind);
@@ -181,5 +196,7 @@ static void chk_fns(void)
 	CUptiResult (*er)(CUpti_CallbackId, uint8_t) = cuptiActivityEnableRuntimeApi;
 	CUptiResult (*sa)(CUpti_ActivityAttribute, size_t *, void *) = cuptiActivitySetAttribute;
 	CUptiResult (*st)(CUpti_ActivityThreadIdType) = cuptiSetThreadIdType;
+	CUptiResult (*dd)(CUpti_ActivityKind) = cuptiActivityEnableAndDump;
+	(void)dd;
 	(void)gv, (void)fl, (void)nr, (void)dr, (void)ts, (void)ed, (void)er, (void)sa, (void)st;
 }

@@ -14,7 +14,11 @@
  * records insert a record of an unknown kind), MOCK_CUPTI_DROPS=N (report N
  * CUPTI-side dropped records once), MOCK_CUPTI_NO_TSCB=1 (the timestamp callback is refused,
  * as on WSL), MOCK_CUPTI_FORCED_FLUSH_HANG_MS=N (a forced flush sleeps N ms first, as one
- * waiting on a stuck GPU would), MOCK_CUPTI_LOG=1 (trace calls to stderr).
+ * waiting on a stuck GPU would), MOCK_CUPTI_ENABLE_STALL_MS=N (the first enable of
+ * CONCURRENT_KERNEL sleeps N ms, as the real one does while it instruments the modules already
+ * loaded), MOCK_CUPTI_LOG=1 (trace calls to stderr).
+ * cuptiActivityEnableAndDump(DEVICE|CONTEXT) writes one Device5 (184 B) / Context3 (32 B) record
+ * for the one fake device and context; cuptiFinalize counts its calls (mockcupti_finalized).
  * Like the real 13.0U1, a graph launched with GRAPH_TRACE on that was instantiated while it
  * was off crashes the process (abort, with a line on stderr).
  *
@@ -96,6 +100,8 @@ static size_t rec_size(uint32_t kind)
 	case 17: return 56;
 	case 38: return v13 ? 56 : 40;
 	case 51: return 56;
+	case 8: return 184;
+	case 9: return 32;
 	case KIND_UNKNOWN_GARBAGE: return 48;
 	}
 	return 0;
@@ -481,12 +487,19 @@ EXPORT CUptiResult cuptiActivitySetAttribute(uint32_t attr, size_t *sz, void *va
 	return 0;
 }
 
-static int kind_ok(uint32_t k) { return k == 1 || k == 2 || k == 3 || k == 4 || k == 5 || k == 10 || k == 17 || k == 38 || k == 51; }
+static int kind_ok(uint32_t k)
+{
+	return k == 1 || k == 2 || k == 3 || k == 4 || k == 5 || k == 8 || k == 9 || k == 10 || k == 17 || k == 38 || k == 51;
+}
 
 EXPORT CUptiResult cuptiActivityEnable(uint32_t k)
 {
 	if (!kind_ok(k))
 		return 21;
+	static int ck_stalled;
+	const char *stall = getenv("MOCK_CUPTI_ENABLE_STALL_MS");
+	if (k == 10 && stall && *stall && !__atomic_exchange_n(&ck_stalled, 1, __ATOMIC_ACQ_REL))
+		usleep((useconds_t)strtoul(stall, NULL, 10) * 1000);
 	pthread_mutex_lock(&mu);
 	kinds[k] = 1;
 	if (k == 4)
@@ -585,7 +598,43 @@ EXPORT CUptiResult cuptiGetResultString(CUptiResult r, const char **s)
 	return 0;
 }
 
-EXPORT CUptiResult cuptiFinalize(void) { return 0; }
+static const char mock_device_name[] = "Mock GPU H100";
+
+EXPORT CUptiResult cuptiActivityEnableAndDump(uint32_t k)
+{
+	if (k != 8 && k != 9)
+		return kind_ok(k) ? cuptiActivityEnable(k) : 21;
+	pthread_mutex_lock(&mu);
+	mock_init();
+	kinds[k] = 1;
+	uint8_t *r = alloc_rec_locked(k);
+	if (r) {
+		PUT(r, 0, uint32_t, k);
+		if (k == 8) {
+			PUT(r, 16, uint64_t, 80ull << 30);
+			PUT(r, 44, uint32_t, 132);
+			PUT(r, 104, uint32_t, 9);
+			PUT(r, 108, uint32_t, 0);
+			PUT(r, 112, uint32_t, 0);
+			PUT(r, 136, const char *, mock_device_name);
+		} else {
+			PUT(r, 4, uint32_t, 1);
+			PUT(r, 8, uint32_t, 0);
+		}
+	}
+	pthread_mutex_unlock(&mu);
+	LOG("enable-and-dump %u\n", k);
+	return 0;
+}
+
+static int finalized;
+EXPORT int mockcupti_finalized(void) { return __atomic_load_n(&finalized, __ATOMIC_RELAXED); }
+EXPORT CUptiResult cuptiFinalize(void)
+{
+	__atomic_add_fetch(&finalized, 1, __ATOMIC_RELAXED);
+	LOG("cuptiFinalize\n");
+	return 0;
+}
 
 EXPORT CUptiResult cuptiGetTimestamp(uint64_t *t)
 {

@@ -2009,7 +2009,7 @@ type ControlChange struct {
 	Detail      uint32 // 0 off, 1 graph, 2 nodes
 	Seq         uint32 // control_seq applied (0 for the environment at start)
 	SampleEvery uint32 // kernel detail for one step in N (0 or 1 = all)
-	Reason      uint32 // 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed
+	Reason      uint32 // 0 tracer, 1 environment, 2 orphaned (heartbeat timeout; an injected agent detaches), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed, 6 detach (injected agent, control_enable 3)
 	Reserved    uint32 // 0
 }
 

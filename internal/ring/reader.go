@@ -68,11 +68,17 @@ func OpenFile(f *os.File) (*Reader, error) {
 		return nil, err
 	}
 	if st.Size() < HeaderSize {
+		if st.Size() == 0 {
+			return nil, fmt.Errorf("ring: %s: %w (empty file)", f.Name(), ErrNotReady)
+		}
 		return nil, fmt.Errorf("ring: %s: file of %d bytes is smaller than the header", f.Name(), st.Size())
 	}
 	var hdr [HeaderSize]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil {
 		return nil, fmt.Errorf("ring: %s: %w", f.Name(), err)
+	}
+	if string(hdr[:8]) == "\x00\x00\x00\x00\x00\x00\x00\x00" {
+		return nil, fmt.Errorf("ring: %s: %w (no magic yet)", f.Name(), ErrNotReady)
 	}
 	if string(hdr[:8]) != Magic {
 		return nil, fmt.Errorf("ring: %s: bad magic %q", f.Name(), hdr[:8])

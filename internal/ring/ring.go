@@ -182,6 +182,12 @@ type Header struct {
 	Tail           uint64
 }
 
+// ErrNotReady is wrapped by Open/OpenFile when the ring file exists but its producer has not
+// finished writing the header (empty file, or no magic yet: producers write the magic last).
+// Retry after a few milliseconds; a tracer scanning /proc/PID/fd right after a late start
+// (pm_inject_start) can see the memfd that early.
+var ErrNotReady = errors.New("ring: header not written yet")
+
 // ErrCorrupt is wrapped by errors that report bad framing.
 var ErrCorrupt = errors.New("ring: corrupt record stream")
 

@@ -365,3 +365,26 @@ func TestParse(t *testing.T) {
 		t.Fatal("source")
 	}
 }
+
+// TestOpenNotReady: a ring file whose producer has not written the header yet (empty, or the
+// magic, written last, still zero) is ErrNotReady, so a tracer retries instead of giving up.
+func TestOpenNotReady(t *testing.T) {
+	dir := t.TempDir()
+	for _, size := range []int{0, HeaderSize + 4096} {
+		p := fmt.Sprintf("%s/ring-%d", dir, size)
+		if err := os.WriteFile(p, make([]byte, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(p); !errors.Is(err, ErrNotReady) {
+			t.Errorf("size %d: %v, want ErrNotReady", size, err)
+		}
+	}
+	w, err := Create(SourceCUPTI, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if string(w.mem[:8]) != Magic {
+		t.Fatal("Create must leave the magic written")
+	}
+}

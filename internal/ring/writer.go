@@ -37,7 +37,6 @@ func Create(source Source, dataSize int) (*Writer, error) {
 		return nil, fmt.Errorf("ring: mmap: %w", err)
 	}
 	w := &Writer{mapping: mapping{mem: mem, data: mem[HeaderSize:], dataSize: uint64(dataSize), f: f}}
-	copy(mem[offMagic:], Magic)
 	binary.LittleEndian.PutUint32(mem[offVersion:], Version)
 	binary.LittleEndian.PutUint32(mem[offHeaderSize:], HeaderSize)
 	binary.LittleEndian.PutUint64(mem[offDataSize:], uint64(dataSize))
@@ -45,6 +44,7 @@ func Create(source Source, dataSize int) (*Writer, error) {
 	binary.LittleEndian.PutUint32(mem[offSource:], uint32(source))
 	binary.LittleEndian.PutUint64(mem[offCreatedNs:], MonotonicNs())
 	w.store32(offProducerState, StateRunning)
+	copy(mem[offMagic:], Magic) // last: a reader that sees the magic sees the whole header (ErrNotReady before)
 	return w, nil
 }
 

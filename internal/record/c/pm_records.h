@@ -951,7 +951,7 @@ struct pm_rec_control_change {
 	uint32_t detail; /* 20 0 off, 1 graph, 2 nodes */
 	uint32_t seq; /* 24 control_seq applied (0 for the environment at start) */
 	uint32_t sample_every; /* 28 kernel detail for one step in N (0 or 1 = all) */
-	uint32_t reason; /* 32 0 tracer, 1 environment, 2 orphaned (heartbeat timeout), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed */
+	uint32_t reason; /* 32 0 tracer, 1 environment, 2 orphaned (heartbeat timeout; an injected agent detaches), 3 yield, 4 kernel sampling window opened, 5 kernel sampling window closed, 6 detach (injected agent, control_enable 3) */
 	uint32_t reserved; /* 36 0 */
 };
 _Static_assert(sizeof(struct pm_rec_control_change) == 40, "pm_rec_control_change size");
