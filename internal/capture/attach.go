@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/profilemate/profilemate-trace/internal/collect"
+	"github.com/profilemate/profilemate-trace/internal/inject"
 	"github.com/profilemate/profilemate-trace/internal/meta"
 	"github.com/profilemate/profilemate-trace/internal/ring"
 	"github.com/profilemate/profilemate-trace/internal/session"
@@ -39,7 +40,17 @@ type AttachConfig struct {
 	// Extra, when set, is started with the session and stopped before outputs are written
 	// (the eBPF tracer). It writes its own raw streams through create.
 	Extra Extra
+	// Inject loads the agent and the hook into processes of the tree started without them
+	// (docs/injection.md); Method never (the zero value) attaches to preloaded agents only.
+	Inject inject.Options
+	// InjectRingWait bounds the wait for the injected producers' rings (0 = DefaultInjectRingWait).
+	InjectRingWait time.Duration
 }
+
+// DefaultInjectRingWait bounds the wait for an injected agent's ring: pm_inject_start starts
+// the agent's thread at once and it creates its ring within milliseconds; the hook's Python
+// thread needs the GIL, which a busy server hands over every 5 ms.
+const DefaultInjectRingWait = 10 * time.Second
 
 // Extra is a further source started beside the ring collector for the process tree of pid
 // (the eBPF tracer); it writes its own raw streams through create, and stop ends it.
@@ -66,6 +77,38 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 	if _, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(cfg.Pid), "fd")); err != nil {
 		return nil, &Error{ExitSetup, fmt.Errorf("pid %d: cannot read its file descriptors (%v); run as root or with CAP_SYS_PTRACE", cfg.Pid, err)}
 	}
+	var inj *inject.Injection
+	if m := cfg.Inject.Method; m != "" && m != inject.MethodNever {
+		if cfg.Inject.Warn == nil {
+			cfg.Inject.Warn = func(s string) { fmt.Fprintln(cfg.Stderr, "profilemate-trace:", s) }
+		}
+		if cfg.Inject.Log == nil {
+			cfg.Inject.Log = cfg.Log
+		}
+		fmt.Fprintf(cfg.Stderr, "profilemate-trace: loading the agent and the hook into pid %d and its CPython/CUDA children (--inject=%s)\n", cfg.Pid, m)
+		var err error
+		if inj, err = inject.Inject(ctx, cfg.Pid, cfg.Inject); err != nil {
+			return nil, &Error{ExitSetup, fmt.Errorf("injection: %w", err)}
+		}
+		for _, p := range inj.Processes {
+			if p.Skipped != "" {
+				fmt.Fprintf(cfg.Stderr, "profilemate-trace: pid %d: not injected: %s\n", p.Pid, p.Skipped)
+			} else {
+				fmt.Fprintf(cfg.Stderr, "profilemate-trace: pid %d: loaded by %s in %.1f ms%s\n", p.Pid, p.Method, p.LoadMs, threadNote(p))
+			}
+		}
+	}
+	detached := false
+	detach := func() {
+		if detached || inj == nil {
+			return
+		}
+		detached = true
+		if err := inj.Detach(inject.DefaultDetachWait); err != nil {
+			fmt.Fprintln(cfg.Stderr, "profilemate-trace: warning:", err)
+		}
+	}
+	defer detach()
 	start := time.Now()
 	sess, err := session.Create(cfg.OutputDir, start)
 	if err != nil {
@@ -96,6 +139,12 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 			fmt.Fprintln(cfg.Stderr, "profilemate-trace: eBPF attribution off:", err)
 		}
 	}
+	if len(inj.Injected()) > 0 {
+		waitInjectedRings(runCtx, cfg, inj)
+		fmt.Fprintln(cfg.Stderr, "profilemate-trace: warning: the capture now arms CUPTI kernel tracing in the injected processes; "+
+			"in a process that already ran CUDA work this can stall its GPU work for up to a few seconds, once (measured and reported below)")
+		go reportStalls(runCtx, cfg, inj)
+	}
 	done := make(chan struct{})
 	go func() { col.Run(runCtx, nil); close(done) }()
 	// Tell the user once what this attach can see.
@@ -105,7 +154,7 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 		case <-runCtx.Done():
 			return
 		}
-		if !hasSource(col, "cupti") {
+		if !hasSource(col, "cupti") && len(inj.Injected()) == 0 {
 			msg := fmt.Sprintf("no profilemate agent in pid %d or its children: GPU kernel records are unavailable. Start the server with LD_PRELOAD=<path>/libprofilemate.so (dormant until attached) to get them", cfg.Pid)
 			fmt.Fprintln(cfg.Stderr, "profilemate-trace:", msg)
 		}
@@ -126,6 +175,26 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 		if err := stopExtra(); err != nil {
 			warnings = append(warnings, "eBPF: "+err.Error())
 		}
+	}
+	if inj != nil {
+		// Detach before the last drain: the producers flush on detach, and Finish reads that.
+		for _, p := range inj.Injected() {
+			if d, ok := inject.FirstEnableStall(p.Pid); ok {
+				v := float64(d.Microseconds()) / 1000
+				p.FirstEnableStallMs = &v
+			}
+		}
+		detach()
+		for _, p := range inj.Injected() {
+			if p.Detach != "acknowledged" {
+				warnings = append(warnings, fmt.Sprintf("pid %d: injected producers did not all detach: %s", p.Pid, p.Detach))
+			}
+		}
+		if !inj.StagingRemoved {
+			warnings = append(warnings, "injection: a staging directory could not be removed (see the message above)")
+		}
+		warnings = append(warnings, inj.Logs()...)
+		md.Injection = inj
 	}
 	streams, ferr := col.Finish()
 	if ferr != nil {
@@ -168,4 +237,78 @@ func readCmdline(pid int) []string {
 		return nil
 	}
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+func threadNote(p *inject.Process) string {
+	if p.Tid == 0 {
+		return ""
+	}
+	s := fmt.Sprintf(" (thread %d, parked in %s, stopped %.1f ms", p.Tid, p.Syscall, p.ThreadStoppedMs)
+	if p.AgentReused {
+		s += "; agent already mapped from an earlier injection"
+	}
+	return s + ")"
+}
+
+// waitInjectedRings waits, bounded, until every injected process shows its agent ring (and, for
+// CPython, its hook ring), so that the capture starts with them; it says which did not appear.
+func waitInjectedRings(ctx context.Context, cfg AttachConfig, inj *inject.Injection) {
+	wait := cfg.InjectRingWait
+	if wait <= 0 {
+		wait = DefaultInjectRingWait
+	}
+	deadline := time.Now().Add(wait)
+	for _, p := range inj.Injected() {
+		want := []string{ring.SourceCUPTI.String()}
+		if p.Python != "" && cfg.Inject.PyHook != "" {
+			want = append(want, ring.SourcePyhook.String())
+		}
+		for {
+			have := map[string]bool{}
+			if found, err := ring.Find(p.Pid); err == nil {
+				for _, f := range found {
+					have[f.Source] = true
+				}
+			}
+			var missing []string
+			for _, w := range want {
+				if !have[w] {
+					missing = append(missing, w)
+				}
+			}
+			if len(missing) == 0 {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				fmt.Fprintf(cfg.Stderr, "profilemate-trace: warning: pid %d: no %s ring %v after the injection (the injection log is copied into metadata.json warnings)\n",
+					p.Pid, strings.Join(missing, "/"), wait)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// reportStalls prints, once per injected process, how long the agent's first enable blocked
+// (first_enable_ns in its ring header), as soon as the agent publishes it.
+func reportStalls(ctx context.Context, cfg AttachConfig, inj *inject.Injection) {
+	left := map[int]bool{}
+	for _, p := range inj.Injected() {
+		left[p.Pid] = true
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for len(left) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for pid := range left {
+			if d, ok := inject.FirstEnableStall(pid); ok {
+				fmt.Fprintf(cfg.Stderr, "profilemate-trace: pid %d: the agent armed CUPTI at the first enable in %.3f ms (the target's CUDA calls may have waited on it that long)\n", pid, float64(d.Microseconds())/1000)
+				delete(left, pid)
+			}
+		}
+	}
 }

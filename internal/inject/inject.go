@@ -1,5 +1,4 @@
-// Package inject loads the CUPTI agent and the Python hook into a running process that was
-// started with neither (docs/injection.md is the contract; docs/notes-inject.md how it works).
+// The package doc is in pep768.go; docs/notes-inject.md tells how the ptrace path works.
 //
 // Inject stages a copy of both in the target's mount namespace, loads them at a safe point —
 // through CPython's PEP 768 remote execution (3.14+), or through ptrace on one thread parked in
@@ -50,6 +49,9 @@ const (
 	// serving process has idle threads (event loops, waits on locks or queues) at any moment;
 	// one whose every thread computes for this long is not interrupted at all.
 	DefaultSafePointWait = 3 * time.Second
+	// DefaultRemoteExecWait bounds the wait for CPython to take a PEP 768 request: a serving
+	// interpreter runs bytecode many times a second.
+	DefaultRemoteExecWait = 10 * time.Second
 	// DefaultDetachWait bounds the wait for the injected producers' acknowledgements: the agent
 	// flushes and unsubscribes, which takes well under a second.
 	DefaultDetachWait = 5 * time.Second
@@ -130,6 +132,7 @@ type Injection struct {
 	Processes      []*Process `json:"processes"`
 	StagingRemoved bool       `json:"staging_removed"`
 	log            *slog.Logger
+	logs           []string
 }
 
 // Injected returns the processes something was loaded into.
@@ -147,9 +150,17 @@ func (inj *Injection) Injected() []*Process {
 }
 
 // Logs returns the injected-mode log lines of every staged process (the agent and the hook
-// write there, since the target's stderr is not ours), prefixed with the pid.
+// write there, since the target's stderr is not ours), prefixed with the pid; after Detach, as
+// they were just before the staging directories were removed.
 func (inj *Injection) Logs() []string {
-	var out []string
+	if inj.logs != nil {
+		return inj.logs
+	}
+	return inj.readLogs()
+}
+
+func (inj *Injection) readLogs() []string {
+	out := []string{}
 	for _, p := range inj.Processes {
 		for _, l := range strings.Split(strings.TrimSpace(p.stage.ReadLog(8<<10)), "\n") {
 			if l != "" {

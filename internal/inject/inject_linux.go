@@ -8,16 +8,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/profilemate/profilemate-trace/internal/collect"
 	"github.com/profilemate/profilemate-trace/internal/pyproc"
 	"github.com/profilemate/profilemate-trace/internal/ring"
 )
-
-// remoteExec asks CPython ≥ 3.14 in pid to run the script at scriptPath (as the target sees
-// it) at its next safe point: the PEP 768 loader (pep768*.go) sets it.
-var remoteExec func(pid int, scriptPath string) error
 
 // Inject loads the agent (and, for CPython, the hook) into pid and each descendant that runs
 // CPython or has libcuda mapped, by opts.Method. A process that already has an agent (a
@@ -84,6 +81,8 @@ func inspect(pid int) (target, error) {
 		if pp, err := pyproc.Open(pid); err == nil {
 			t.python, t.minor = pp.VersionString(), pp.Minor
 			pp.Close()
+		} else if major, minor, err := PythonVersion(pid); err == nil && major == 3 {
+			t.python, t.minor = fmt.Sprintf("3.%d", minor), minor
 		}
 	}
 	if found, err := ring.Find(pid); err == nil {
@@ -175,14 +174,14 @@ func injectOne(ctx context.Context, pid int, root bool, opts Options) (*Process,
 			st.Remove()
 			return pr, err
 		}
-		if remoteExec == nil {
-			return fail(fmt.Errorf("pid %d: this build has no PEP 768 loader: %w", pid, ErrNotSupported))
-		}
 		script, err := st.writeScript()
 		if err != nil {
 			return fail(err)
 		}
-		if err := remoteExec(pid, script); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, DefaultRemoteExecWait)
+		err = RemoteExecWait(wctx, pid, script)
+		cancel()
+		if err != nil {
 			return fail(fmt.Errorf("PEP 768 remote execution in pid %d: %w", pid, err))
 		}
 	}
@@ -257,17 +256,23 @@ func (inj *Injection) Detach(wait time.Duration) error {
 			continue
 		}
 		n := 0
+		seen := map[uint64]bool{}
 		for _, f := range found {
+			var st syscall.Stat_t
+			if syscall.Stat(f.Path, &st) != nil || seen[st.Ino] {
+				continue // one ring may sit behind several descriptors
+			}
+			seen[st.Ino] = true
 			r, err := ring.Open(f.Path)
 			if err != nil {
 				continue
 			}
 			h := r.Header()
-			if h.ProducerFlags&ring.FlagLateStart == 0 && h.CreatedNs < p.startedNs {
+			if h.ProducerFlags&ring.FlagLateStart == 0 && h.LateStartNs == 0 && h.CreatedNs < p.startedNs {
 				r.Close() // a ring from before the injection: not ours to detach
 				continue
 			}
-			r.SetControlRaw(controlDetach, ring.DetailOff, 0)
+			r.Detach()
 			waiting = append(waiting, pending{p, r, f.Source, r.Header().ControlSeq})
 			n++
 		}
@@ -280,10 +285,13 @@ func (inj *Injection) Detach(wait time.Duration) error {
 		for {
 			h := w.r.Header()
 			if h.ControlAck == w.seq {
+				if w.src == ring.SourceCUPTI.String() && h.ProducerState != ring.StateDetached {
+					w.p.Detach = joinMsg(w.p.Detach, fmt.Sprintf("%s ring: acknowledged but producer_state %d, not detached", w.src, h.ProducerState))
+				}
 				break
 			}
 			if time.Now().After(deadline) || processGone(w.p.Pid) {
-				msg := fmt.Sprintf("%s ring: no acknowledgement within %v", w.src, wait)
+				msg := fmt.Sprintf("%s ring: no acknowledgement of control_seq %d within %v (control_ack %d, producer_state %d)", w.src, w.seq, wait, h.ControlAck, h.ProducerState)
 				if processGone(w.p.Pid) {
 					msg = w.src + " ring: process exited"
 				}
@@ -294,6 +302,7 @@ func (inj *Injection) Detach(wait time.Duration) error {
 		}
 		w.r.Close()
 	}
+	inj.logs = inj.readLogs()
 	var errs []error
 	removed := true
 	for _, p := range inj.Injected() {
@@ -311,8 +320,29 @@ func (inj *Injection) Detach(wait time.Duration) error {
 	return errors.Join(errs...)
 }
 
-// controlDetach is control_enable=3 (docs/injection.md §5).
-const controlDetach = 3
+// FirstEnableStall returns how long the first enable of the injected agent in pid blocked its
+// thread (the agent publishes it in its ring header, first_enable_ns), once it is known.
+func FirstEnableStall(pid int) (time.Duration, bool) {
+	found, err := ring.Find(pid)
+	if err != nil {
+		return 0, false
+	}
+	for _, f := range found {
+		if f.Source != ring.SourceCUPTI.String() {
+			continue
+		}
+		r, err := ring.Open(f.Path)
+		if err != nil {
+			continue
+		}
+		h := r.Header()
+		r.Close()
+		if h.FirstEnableNs > 0 {
+			return time.Duration(h.FirstEnableNs), true
+		}
+	}
+	return 0, false
+}
 
 func joinMsg(a, b string) string {
 	if a == "" {

@@ -25,3 +25,6 @@ type Staging struct{}
 
 // ReadLog is empty off Linux.
 func (s *Staging) ReadLog(max int) string { return "" }
+
+// FirstEnableStall is unknown off Linux.
+func FirstEnableStall(pid int) (time.Duration, bool) { return 0, false }

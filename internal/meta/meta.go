@@ -40,8 +40,10 @@ type Metadata struct {
 	Sources   map[string]string `json:"sources"`
 	// PyhookPatches is the state of every Python-hook patch per process (installed,
 	// unavailable in this vLLM version, disabled, failed).
-	PyhookPatches any      `json:"pyhook_patches,omitempty"`
-	Warnings      []string `json:"warnings,omitempty"`
+	PyhookPatches any `json:"pyhook_patches,omitempty"`
+	// Injection says how attach --inject loaded the agent and the hook (internal/inject.Injection).
+	Injection any      `json:"injection,omitempty"`
+	Warnings  []string `json:"warnings,omitempty"`
 }
 
 // Host describes the machine.
