@@ -385,8 +385,16 @@ def start(conf_path):
     with open(os.path.join(os.path.dirname(conf_path), "late-called"), "a") as f:
         f.write("%s|%s|%s\n" % (conf_path, threading.current_thread().name, sys.path[0]))
 `
-	for _, mode := range []string{"busy", "sleep", "pydll", "gilheld"} {
-		t.Run(mode, func(t *testing.T) {
+	type run struct{ py, mode string }
+	runs := []run{{py, "busy"}, {py, "sleep"}, {py, "pydll"}, {py, "gilheld"}}
+	for _, v := range []string{"3.9.18", "3.10.13", "3.11.7", "3.13.0"} { // other C-API generations, where present
+		if other := "/root/.pyenv/versions/" + v + "/bin/python"; fileExists(other) {
+			runs = append(runs, run{other, "busy"})
+		}
+	}
+	for _, rn := range runs {
+		py, mode := rn.py, rn.mode
+		t.Run(filepath.Base(filepath.Dir(filepath.Dir(py)))+"-"+mode, func(t *testing.T) {
 			hook := stub(t, okLate)
 			dir := t.TempDir()
 			logPath := filepath.Join(dir, "agent.log")
@@ -459,4 +467,9 @@ def start(conf_path):
 			t.Errorf("the hook's exception reached the target's stderr: %q", s)
 		}
 	})
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
