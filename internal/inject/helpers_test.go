@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -181,4 +182,30 @@ func mappedCount(t testing.TB, pid int, s string) int {
 		}
 	}
 	return len(seen)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// startAs starts a command with another uid and gid and returns its pid.
+func startAs(t testing.TB, uid, gid uint32, argv ...string) int {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd.Process.Pid
+}
+
+func owner(t testing.TB, p string) (uint32, uint32) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Uid, st.Gid
 }
