@@ -1499,9 +1499,43 @@ static void final_flush(void)
 				    __ATOMIC_RELAXED);
 }
 
+/* Threads CUPTI starts (its activity and callback workers) inherit the name of the thread whose
+ * call started them. The agent thread makes its CUPTI calls under the process's own name (the
+ * main thread's comm), as when the application arms CUPTI itself, and is "pm-cupti" between
+ * them: a tracer that checks a detach by looking for pm-cupti threads then sees only ours. */
+static char pm_app_comm[16];
+static void pm_load_app_comm(void)
+{
+	pm_app_comm[0] = 0;
+	int fd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, pm_app_comm, sizeof pm_app_comm - 1);
+	close(fd);
+	if (n <= 0) {
+		pm_app_comm[0] = 0;
+		return;
+	}
+	pm_app_comm[n] = 0;
+	pm_app_comm[strcspn(pm_app_comm, "\n")] = 0;
+	if (!strcmp(pm_app_comm, "pm-cupti"))
+		pm_app_comm[0] = 0;
+}
+static void cupti_calls_begin(void)
+{
+	if (pm_app_comm[0])
+		prctl(PR_SET_NAME, pm_app_comm, 0, 0, 0);
+}
+static void cupti_calls_end(void)
+{
+	if (pm_app_comm[0])
+		prctl(PR_SET_NAME, "pm-cupti", 0, 0, 0);
+}
+
 static void *pm_thread_main(void *arg)
 {
 	(void)arg;
+	pm_load_app_comm();
 	const uint64_t tick_ns = 25000000ull; /* control poll period */
 	uint64_t next_flush = pm_now_ns() + (uint64_t)C.flush_ms * 1000000ull;
 	uint64_t next_stats = pm_now_ns() + 1000000000ull;
@@ -1509,7 +1543,9 @@ static void *pm_thread_main(void *arg)
 	while (!G.stop && !G.poisoned) {
 		if (G.final_req) {
 			pthread_mutex_unlock(&G.tmu);
+			cupti_calls_begin();
 			final_flush();
+			cupti_calls_end();
 			pthread_mutex_lock(&G.tmu);
 			G.final_done = 1;
 			pthread_cond_broadcast(&G.tcv);
@@ -1524,8 +1560,10 @@ static void *pm_thread_main(void *arg)
 		if (G.stop || G.poisoned || G.final_req)
 			continue;
 		pthread_mutex_unlock(&G.tmu);
+		cupti_calls_begin();
 		poll_control();
 		if (G.stop) { /* detached: stream_stats was the last record */
+			cupti_calls_end();
 			pthread_mutex_lock(&G.tmu);
 			break;
 		}
@@ -1535,6 +1573,7 @@ static void *pm_thread_main(void *arg)
 			sample_tick();
 			next_flush = now + (uint64_t)C.flush_ms * 1000000ull;
 		}
+		cupti_calls_end();
 		if (now >= next_stats) {
 			emit_agent_stats(0);
 			next_stats = now + 1000000000ull;
@@ -2284,8 +2323,12 @@ static void *pm_inject_main(void *arg)
 			emit_log(PM_LOG_WARN, "inject.conf %.200s: invalid value for%.150s (defaults used)", I.conf.path,
 				 I.conf.bad);
 		emit_log(PM_LOG_INFO, "started by pm_inject_start (session %d)", I.sessions);
-		if (C.start_enable && G.deferred) /* start=graph|nodes: arm at once */
+		if (C.start_enable && G.deferred) { /* start=graph|nodes: arm at once */
+			pm_load_app_comm();
+			cupti_calls_begin();
 			arm_and_enable(C.start_detail, 0, PM_REASON_ENV);
+			cupti_calls_end();
+		}
 		pm_python_bootstrap();
 		G.thread = pthread_self();
 		G.thread_started = 1;

@@ -28,6 +28,7 @@
 #define _GNU_SOURCE
 #endif
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -413,6 +414,14 @@ typedef struct {
 } SubParams;
 static char holder_name[128];
 
+static void *mock_worker(void *arg)
+{
+	(void)arg;
+	for (;;)
+		sleep(1000);
+	return NULL;
+}
+
 EXPORT CUptiResult cuptiSubscribe_v2(void **sub, void *cb, void *ud, SubParams *p)
 {
 	(void)cb;
@@ -431,6 +440,21 @@ EXPORT CUptiResult cuptiSubscribe_v2(void **sub, void *cb, void *ud, SubParams *
 		return 39;
 	}
 	subscribers = 1;
+	static int worker_started; /* like the real CUPTI: a worker thread at the first subscribe; it inherits
+				    * the caller's name (the agent must not make it look like its own) */
+	if (!worker_started && !getenv("MOCK_CUPTI_NO_WORKER")) {
+		worker_started = 1;
+		pthread_t t;
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pthread_create(&t, &a, mock_worker, NULL);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		pthread_attr_destroy(&a);
+	}
 	snprintf(holder_name, sizeof holder_name, "CUPTI for %s", p && p->subscriberName ? p->subscriberName : "unnamed");
 	*sub = (void *)(uintptr_t)0x50b;
 	pthread_mutex_unlock(&mu);
