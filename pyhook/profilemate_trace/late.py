@@ -47,7 +47,6 @@ WALK_MAX_OBJECTS = 100000
 WALK_MAX_DEPTH = 10
 WALK_MAX_CONTAINER = 512
 WALK_BUDGET_S = 0.25
-GC_BUDGET_S = 0.25
 
 # (module, class, kind): the objects import-time patching would have caught at construction
 TARGETS = (
@@ -64,6 +63,9 @@ TARGETS = (
     ("vllm.v1.worker.gpu_ubatch_wrapper", "UBatchWrapper", "ubatch"),
     ("vllm.v1.worker.gpu.mm.encoder_runner", "EncoderRunner", "encoder_runner"),
 )
+
+# kinds whose presence means the stacks reached the serving objects (no gc scan needed)
+OWNERS = ("engine", "scheduler", "block_pool", "runner_v1", "runner_v2")
 
 _lock = threading.RLock()
 _session = None       # _Session while attached
@@ -90,6 +92,7 @@ class Live:
         self.scan = []
         self.visited = 0
         self.truncated = False
+        self.gc_scan = False
 
 
 # ---- configuration -----------------------------------------------------------------------
@@ -256,21 +259,18 @@ def discover(max_objects=WALK_MAX_OBJECTS, budget_s=WALK_BUDGET_S):
     targets = _target_classes()
     if not targets:
         return live
-    kinds = {}
-
-    def kind_of(t):
-        k = kinds.get(t, 0)
-        if k == 0:
-            k = None
-            for cls, kd in targets:
+    kinds = {}  # every target class and its subclasses (live: __subclasses__ is complete now)
+    for cls, kd in targets:
+        todo = [cls]
+        while todo:
+            c = todo.pop()
+            if c not in kinds:
+                kinds[c] = kd
                 try:
-                    if issubclass(t, cls):
-                        k = kd
-                        break
-                except TypeError:
+                    todo.extend(type.__subclasses__(c))
+                except Exception:
                     pass
-            kinds[t] = k
-        return k
+    kind_of = kinds.get
 
     roots = []
     # 1. every thread's stack: `self` and the other locals of each frame
@@ -297,20 +297,20 @@ def discover(max_objects=WALK_MAX_OBJECTS, budget_s=WALK_BUDGET_S):
                 roots.extend(list(reg))
             except Exception:
                 pass
-    # 3. objects the collector tracks (not those frozen by gc.freeze(): the stacks reach those)
-    deadline = time.monotonic() + GC_BUDGET_S
-    try:
-        objs = gc.get_objects()
-        for i, o in enumerate(objs):
-            if kind_of(type(o)):
-                roots.append(o)
-            if not i & 0xFFFF and time.monotonic() > deadline:
-                live.truncated = True
-                break
-        del objs
-    except Exception:
-        pass
-    _walk(roots, kind_of, live, max_objects, time.monotonic() + budget_s)
+    deadline = time.monotonic() + budget_s
+    _walk(roots, kind_of, live, max_objects, deadline)
+    # 3. nothing reachable from a stack (a process holding vLLM objects only in globals or
+    #    closures): the objects the collector tracks, filtered by type at C speed. Objects frozen
+    #    by gc.freeze() (vLLM freezes its startup heap) are not listed; the stacks reach those.
+    if not any(live.by.get(k) for k in OWNERS):
+        try:
+            objs = gc.get_objects()
+            found = [o for o in objs if type(o) in kinds]
+            del objs
+            _walk(found, kind_of, live, max_objects, deadline + budget_s)
+            live.gc_scan = True
+        except Exception:
+            pass
     return live
 
 
@@ -352,7 +352,7 @@ def _walk(roots, kind_of, live, max_objects, deadline):
         live.scan.append(o)
         if d < WALK_MAX_DEPTH:
             stack.extend((v, d + 1) for v in dct.values() if not isinstance(v, _ATOMIC))
-    live.visited = len(seen)
+    live.visited += len(seen)
 
 
 def graph_evidence(live):

@@ -313,6 +313,25 @@ print("RESULT " + json.dumps({"rc": late.start(c), "same": bp.BlockPool.get_new_
     assert "import-time hook is already active" in r["log"]
 
 
+def test_import_time_hook_treats_detach_as_dormant(tmp_path):
+    """control_enable=3 is for injected producers; an import-time hook stops collecting, acks,
+    and keeps its ring and patches (the import-time path is otherwise unchanged)."""
+    env = {"PYTHONPATH": os.pathsep.join([PYHOOK, FAKE]), "PROFILEMATE_PYHOOK_SPILL": "0",
+           "PROFILEMATE_PYHOOK_QUIET": "1"}
+    r, _ = run("""
+import vllm.v1.core.block_pool as bp
+import profilemate_trace.runtime as rt
+tr = Tracer(); tr.heartbeat()
+seq = tr.control(1, 1)
+on = tr.wait(lambda: tr.ack == seq and rt.ON)
+seq = tr.control(3, 0)
+off = tr.wait(lambda: tr.ack == seq and not rt.ON)
+print("RESULT " + json.dumps({"on": on, "off": off, "state": tr.state, "threads": len(pm_threads()),
+                              "patched": getattr(bp.BlockPool.get_new_blocks, "__pm_wrapped__", False)}))
+""", env_extra=env)
+    assert r == {"on": True, "off": True, "state": 1, "threads": 1, "patched": True}
+
+
 def test_late_start_never_raises(tmp_path):
     r, _ = run("""
 from profilemate_trace import late
@@ -322,3 +341,70 @@ print("RESULT " + json.dumps({"missing": late.start(%r), "active": late.active()
                               "threads": len(pm_threads()), "fds": pyhook_fds()}))
 """ % str(tmp_path / "no-such.conf"))
     assert r == {"missing": -1, "active": False, "same": True, "threads": 0, "fds": []}
+
+
+def test_late_finds_objects_no_stack_reaches(tmp_path):
+    """A BlockPool held only by a function's defaults (no frame reaches it): found by the
+    collector scan, so its py_kv_config is written."""
+    r, _ = run("""
+from vllm.v1.core.block_pool import BlockPool
+def make():
+    def keep(pool=BlockPool(6, False, 4)):
+        return pool
+    return keep
+keep = make()
+keep().get_new_blocks(2)
+from profilemate_trace import late
+assert late.start(conf(%r, start="graph")) == 0
+tr = Tracer()
+keep().get_new_blocks(1)
+recs = tr.read()
+late.stop()
+print("RESULT " + json.dumps({"cfg": [json.loads(x["info"])["num_free_blocks_at_attach"] for x in by(recs, "py_kv_config")],
+                              "alloc": [x["num_free"] for x in by(recs, "py_kv_blocks")]}))
+""" % str(tmp_path / "inject.conf"))
+    assert r == {"cfg": [3], "alloc": [2]}
+
+
+# ---- real vLLM on the CPU -------------------------------------------------------------------
+import pytest  # noqa: E402
+
+from test_real_vllm import PYS  # noqa: E402
+
+
+@pytest.mark.real_vllm
+@pytest.mark.parametrize("py", PYS)
+def test_real_vllm_late_start_detach_cycles_moe(py, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROFILEMATE_", "VLLM_PROFILING", "ENABLE_")) and k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", VLLM_LOGGING_LEVEL="ERROR")
+    out = subprocess.run([py, os.path.join(HERE, "real", "late_real_vllm.py"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    r = json.loads([x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    print(json.dumps(r, indent=1))
+    assert r["rc"] == 0 and r["rc_again"] == 1 and r["flags_state"] == [2, 1]
+    assert r["start_ms"] < 1000
+    # vLLM's own Scheduler / KVCacheManager / BlockPool, built and serving before the attach
+    assert r["sched_steps"] == r["update_scopes"] == r["steps_after"] > 0
+    assert r["kv_config"] == [[True, r["free_at_attach"]]]
+    assert 1 in r["kv_ops"] and 2 in r["kv_ops"] and r["last_free_equals_vllm"]
+    ev = r["events"]
+    assert ev["req-2"][-1] == 7 and 1 not in ev["req-2"]  # in flight at the attach: finish only
+    for k in ("req-10", "req-11", "req-12"):
+        assert ev[k][:4] == [1, 2, 3, 4] and ev[k][-1] == 7, k
+    assert r["patches"]["kv.block_pool"] == r["patches"]["scheduler.step"] == r["patches"]["scheduler.lifecycle"] == 1
+    # detach: every vLLM class / module attribute is the original object again
+    assert r["detached"] and r["tail"] == ["control_change", "py_hook_stats"]
+    assert r["changed"] == [] and all(r["instances_clean"])
+    assert r["fds_after"] == [] and r["maps_after"] == 0 and r["served_after_detach"] > 0
+    # 20 start/detach cycles
+    assert r["cycles_with_events"] == 20 and r["cycle_threads"] == 0 and r["cycle_fds"] == 0
+    assert r["cycle_maps"] == 0 and r["cycle_changed"] == [] and r["cycle_growth"] < 256 * 1024
+    # MoE counters on a live V1 runner's routers (no graph captured: eager), real torch
+    if "moe_skipped" not in r:
+        assert r["moe_status"] == [[1, ""]] and r["routers_wrapped"] == [True, True]
+        assert r["moe_counts"] == {"0": 8, "2": 8}  # 4 valid rows x top-2; padding rows not counted
+        assert r["routers_restored"] == [True, True] and r["counters_after"] == 0
+    else:
+        assert r["vllm_version"].startswith("0.11."), r["moe_skipped"]  # numba missing there
