@@ -29,7 +29,7 @@ CUDA children are loaded; processes that already have an agent are left alone):
   never        load nothing (default)
   auto         CPython 3.14 and later only: the interpreter runs a loader script at its own
                safe point (PEP 768, as sys.remote_exec does); anything else is refused
-  remote-exec  the same, without the fallback message
+  remote-exec  PEP 768 only (an error, not a suggestion, for anything else)
   ptrace       any glibc x86-64 process (CPython 3.10-3.13 included). Risk: one thread that
                sits in a blocking system call (a wait on a lock, queue, socket or timer) is
                stopped for a few milliseconds and the dynamic loader runs on it (dlopen, then
