@@ -86,6 +86,7 @@ struct pm_inject_conf {
 	double orphan_s;           /* < 0: default (30 s) */
 	uint32_t flush_ms;         /* agent extras, 0: default */
 	uint32_t ring_kb;
+	uint32_t kinds;            /* agent extra (experiments): PROFILEMATE_KINDS mask, 0: default */
 	int debug;
 	char bad[256];             /* keys with invalid values, logged by the agent thread */
 };
@@ -1080,6 +1081,10 @@ static int pm_kinds_env; /* PROFILEMATE_KINDS was set at start: only then re-rea
 static void load_kinds_mask(void)
 {
 	static int first = 1;
+	if (pm_injected && I.conf.kinds) { /* inject.conf kinds= (experiments) */
+		C.kinds_mask = I.conf.kinds;
+		return;
+	}
 	if (!first && !pm_kinds_env) {
 		C.kinds_mask = PM_KINDS_DEFAULT; /* pm_config_load cleared it (a later injected session) */
 		return;
@@ -2428,6 +2433,12 @@ static int parse_conf(const char *path, struct pm_inject_conf *ic)
 				bad = 1;
 			else
 				ic->orphan_s = d;
+		} else if (!strcmp(k, "kinds")) {
+			unsigned long x = strtoul(v, &end, 0);
+			if (!*v || *end || !x || x > 0x2ff)
+				bad = 1;
+			else
+				ic->kinds = (uint32_t)x;
 		} else if (!strcmp(k, "flush_ms") || !strcmp(k, "ring_kb")) {
 			unsigned long x = strtoul(v, &end, 10);
 			int fl = k[0] == 'f';
