@@ -355,37 +355,42 @@ def _walk(roots, kind_of, live, max_objects, deadline):
     live.visited += len(seen)
 
 
+_GRAPH_KINDS = (("cg_wrapper", "CUDAGraphWrapper"), ("breakable", "BreakableCUDAGraphWrapper"),
+                ("cg_manager", "CudaGraphManager (V2)"), ("ubatch", "UBatchWrapper"))
+
+
+def _n_graphs(o, kind):
+    """Graphs an object holds: CUDAGraphWrapper entries with a graph, the other holders' dicts."""
+    try:
+        if kind == "cg_wrapper":
+            entries = getattr(o, "concrete_cudagraph_entries", None) or {}
+            return sum(1 for e in list(entries.values()) if getattr(e, "cudagraph", None) is not None)
+        attr = {"breakable": "entries", "cg_manager": "graphs", "ubatch": "cudagraphs"}[kind]
+        return len(getattr(o, attr, None) or ())
+    except Exception:
+        return 0
+
+
+def _counter():
+    cc = getattr(sys.modules.get("vllm.compilation.counter"), "compilation_counter", None)
+    try:
+        return int(getattr(cc, "num_cudagraph_captured", 0) or 0)
+    except Exception:
+        return 0
+
+
 def graph_evidence(live):
     """(count, text, sources): CUDA graphs already captured in this process, and by what."""
     ev = []
-    total = 0
-    cc = getattr(sys.modules.get("vllm.compilation.counter"), "compilation_counter", None)
-    n = int(getattr(cc, "num_cudagraph_captured", 0) or 0)
+    total = n = _counter()
     if n:
         ev.append("compilation_counter.num_cudagraph_captured=%d" % n)
-        total += n
     sources = []
-    wrappers = {id(w): w for w in live.by.get("cg_wrapper", ())}
-    n = 0
-    for w in wrappers.values():
-        try:
-            n += sum(1 for e in list((getattr(w, "concrete_cudagraph_entries", None) or {}).values())
-                     if getattr(e, "cudagraph", None) is not None)
-        except Exception:
-            pass
-    if n:
-        ev.append("%d CUDAGraphWrapper graph(s)" % n)
-        total += n
-    for kind, attr, label in (("breakable", "entries", "BreakableCUDAGraphWrapper"),
-                              ("cg_manager", "graphs", "CudaGraphManager (V2)"),
-                              ("ubatch", "cudagraphs", "UBatchWrapper")):
+    for kind, label in _GRAPH_KINDS:
         n = 0
-        for o in live.by.get(kind, ()):
-            try:
-                n += len(getattr(o, attr, None) or ())
-                sources.append((o, attr))
-            except Exception:
-                pass
+        for o in {id(x): x for x in live.by.get(kind, ())}.values():
+            n += _n_graphs(o, kind)
+            sources.append((o, kind))
         if n:
             ev.append("%d %s graph(s)" % (n, label))
             total += n
@@ -393,15 +398,12 @@ def graph_evidence(live):
 
 
 def _graph_count_now(sess):
-    total = 0
-    cc = getattr(sys.modules.get("vllm.compilation.counter"), "compilation_counter", None)
-    total += int(getattr(cc, "num_cudagraph_captured", 0) or 0)
-    for o, attr in sess.graph_sources:
-        try:
-            total += len(getattr(o, attr, None) or ())
-        except Exception:
-            pass
-    return total
+    return _counter() + sum(_n_graphs(o, kind) for o, kind in sess.graph_sources)
+
+
+def _graphs_since_start():
+    sess = _session
+    return sess is not None and _graph_count_now(sess) != sess.graph_count
 
 
 def rebind_methods(live, sess):
@@ -488,7 +490,7 @@ def _live_moe(live):
             continue
         for runner in live.by.get(kind, ()):
             try:
-                nlayers, note = moe.attach_live(p, runner, bool(rt.late_graphs))
+                nlayers, note = moe.attach_live(p, runner, bool(rt.late_graphs), _graphs_since_start)
             except Exception as e:
                 p.fail(e)
                 continue

@@ -403,8 +403,33 @@ def test_real_vllm_late_start_detach_cycles_moe(py, tmp_path):
     assert r["cycle_maps"] == 0 and r["cycle_changed"] == [] and r["cycle_growth"] < 256 * 1024
     # MoE counters on a live V1 runner's routers (no graph captured: eager), real torch
     if "moe_skipped" not in r:
-        assert r["moe_status"] == [[1, ""]] and r["routers_wrapped"] == [True, True]
+        assert r["moe_status"] == [[1, ""]] and r["wrapped_at_start"] == [False, False]
+        assert r["routers_wrapped"] == [True, True]  # at the first forward after the attach
         assert r["moe_counts"] == {"0": 8, "2": 8}  # 4 valid rows x top-2; padding rows not counted
         assert r["routers_restored"] == [True, True] and r["counters_after"] == 0
     else:
         assert r["vllm_version"].startswith("0.11."), r["moe_skipped"]  # numba missing there
+
+
+def test_late_moe_graphs_captured_after_attach_before_first_forward(tmp_path):
+    """Counters are made at the runner's first forward after the attach (its own thread); a
+    capture in between turns the patch into the in-graph note instead."""
+    r, _ = run(MOE + """
+import types
+sys.modules.setdefault("torch", types.ModuleType("torch"))  # importable torch; never reached
+from profilemate_trace import late
+import profilemate_trace.runtime as rt
+assert late.start(conf(%r, start="graph")) == 0
+st0 = [(p.status, p.reason) for p in rt._patches if p.name == "moe.v1_runner"]
+runner.capture_model()                           # vLLM's startup capture, after the attach
+from vllm.v1.core.sched.output import CachedRequestData, SchedulerOutput
+runner.execute_model(SchedulerOutput([], CachedRequestData(), {"a": 1}, 1))
+st1 = [(p.status, p.reason) for p in rt._patches if p.name == "moe.v1_runner"]
+logs = [x["text"].decode() for x in by(Tracer().read(), "log")]
+late.stop()
+print("RESULT " + json.dumps({"st0": st0, "st1": st1, "wrapped": any("select_experts" in vars(r) for r in runner.model.routers),
+                              "logs": logs}))
+""" % str(tmp_path / "inject.conf"))
+    assert r["st0"] == [[1, ""]]
+    assert r["st1"] == [[2, "expert counts unavailable: MoE layers run inside CUDA graphs captured before attach"]]
+    assert not r["wrapped"] and any("between the attach and the first forward" in x for x in r["logs"])

@@ -221,21 +221,43 @@ def _activate(c):
 IN_GRAPH_REASON = "expert counts unavailable: MoE layers run inside CUDA graphs captured before attach"
 
 
-def attach_live(p, runner, graphs_captured):
-    """Late start: the runner's load_model ran before the hook came. Returns (layers, note):
-    counters installed on the live model's routers when no CUDA graph was captured yet (eager
-    runs call select_experts every step); with captured graphs the routing ops run inside
-    graphs our counters can never enter, so nothing is installed and ``note`` says why."""
+def attach_live(p, runner, graphs_captured, graphs_now=None):
+    """Late start: the runner's load_model ran before the hook came. Returns (layers, note).
+
+    With CUDA graphs already captured the routing ops run inside graphs our counters can never
+    enter: nothing is installed and ``note`` says why. Otherwise the counters are created at the
+    runner's next forward pass, on the runner's own thread (a pre-forward listener), never on
+    the attaching thread: allocating or launching on the GPU while another thread captures a
+    graph would break that capture. ``graphs_now()`` is asked again at that moment (a capture may
+    have happened in between: then the patch reports the note instead)."""
     model = model_of(runner)
     found = find_routers(model)
     if not found:
         return 0, None
     if graphs_captured:
         return len(found), IN_GRAPH_REASON
-    c = attach(p, model, found)
-    if c is None:
+    if sys.modules.get("torch") is None:
         return len(found), "expert counts unavailable: torch is not imported in this process"
-    _activate(c)
+    done = []
+
+    def deferred(r, so):
+        if done or r is not runner:
+            return
+        done.append(True)
+        try:
+            if graphs_now is not None and graphs_now():
+                from .base import UNAVAILABLE
+
+                p.set_status(UNAVAILABLE, IN_GRAPH_REASON)
+                rt.emit_log(2, "%s: %s (%d MoE layers; graphs captured between the attach and the first forward)"
+                            % (p.name, IN_GRAPH_REASON, len(found)))
+                return
+            if p.on:
+                _activate(attach(p, model, found))  # _before joins the listeners running now
+        except Exception as e:
+            p.fail(e)
+
+    _worker._pre_listeners.append(deferred)
     return len(found), None
 
 

@@ -168,12 +168,20 @@ def moe(scratch):
     assert late.start(conf) == 0
     t = Tracer()
     out["moe_status"] = [(p.status, p.reason) for p in rt._patches if p.name == "moe.v1_runner"]
-    out["routers_wrapped"] = ["select_experts" in vars(r) for r in routers]
+    out["wrapped_at_start"] = ["select_experts" in vars(r) for r in routers]
+    from types import SimpleNamespace
+
     from profilemate_trace.patches import moe as pm
+    from profilemate_trace.patches import worker as pw
+
+    # the counters are made at the runner's next forward, on its own thread: run the
+    # pre-forward listeners as GPUModelRunner.execute_model's wrapper does (4 real tokens)
+    for fn in pw._pre_listeners:
+        fn(runner, SimpleNamespace(total_num_scheduled_tokens=4))
+    out["routers_wrapped"] = ["select_experts" in vars(r) for r in routers]
 
     c = pm._COUNTERS[0] if pm._COUNTERS else None
     if c is not None:
-        c.before_forward(4)
         torch.manual_seed(0)
         for r in routers:
             r.select_experts(None, torch.randn(6, 8))  # 4 real rows + 2 padding rows
