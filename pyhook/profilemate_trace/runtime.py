@@ -546,7 +546,7 @@ def start_late(cfg, level, log_path):
     global CFG, _started, _started_by, _late, _log_path, RING, ON, _mode, _spill, _late_started_ns
     global sched_step, worker_step
     CFG = cfg
-    _log_path = log_path
+    _log_path = log_path or os.devnull  # injected: never the target's stderr
     _started_by = "inject"
     _late = True
     _spill = None
