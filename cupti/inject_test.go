@@ -380,8 +380,10 @@ func TestInjectPythonBootstrap(t *testing.T) {
 		os.WriteFile(filepath.Join(pkg, "late.py"), []byte(body), 0o644)
 		return d
 	}
-	const okLate = `import os, sys, threading
+	// Like the real hook, it starts a daemon thread; it must not inherit a name of the agent's.
+	const okLate = `import os, sys, threading, time
 def start(conf_path):
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
     with open(os.path.join(os.path.dirname(conf_path), "late-called"), "a") as f:
         f.write("%s|%s|%s\n" % (conf_path, threading.current_thread().name, sys.path[0]))
 `
@@ -431,6 +433,14 @@ def start(conf_path):
 			if !strings.HasPrefix(string(got), want) || !strings.HasSuffix(strings.TrimSpace(string(got)), "|"+hook) {
 				lg, _ := os.ReadFile(logPath)
 				t.Fatalf("late.start call %q, want %q…|%s; log %q stderr %q", got, want, hook, lg, p.stderr())
+			}
+			// The bootstrap thread is gone; the hook's thread carries the process's name.
+			gone := time.Now().Add(2 * time.Second)
+			for readProc(t, pid).bootThreads != 0 && time.Now().Before(gone) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if s := readProc(t, pid); s.bootThreads != 0 || s.agentThreads != 1 {
+				t.Errorf("threads after the bootstrap: %+v (want no pm-pyboot, one pm-cupti)", s)
 			}
 			p.send("quit")
 			if l := p.waitLine("MAIN_CLEAN", 10*time.Second); l != "MAIN_CLEAN True" {

@@ -2191,9 +2191,21 @@ struct pm_pyboot {
 static void *pm_pyboot_main(void *arg)
 {
 	struct pm_pyboot *b = arg;
+	char app[16] = "";
+	int cfd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC); /* the main thread's name */
+	if (cfd >= 0) {
+		ssize_t n = read(cfd, app, sizeof app - 1);
+		close(cfd);
+		app[n > 0 ? n : 0] = 0;
+		app[strcspn(app, "\n")] = 0;
+	}
 	prctl(PR_SET_NAME, "pm-pyboot", 0, 0, 0);
 	int rc = 0, ran = 0;
 	int st = b->ensure();
+	/* "pm-pyboot" only while waiting for the GIL: threads the hook starts from here inherit the
+	 * name of their creator, and must carry the process's name, not one that looks like ours. */
+	if (app[0])
+		prctl(PR_SET_NAME, app, 0, 0, 0);
 	/* Still the session that asked (not detached meanwhile), and the interpreter not exiting. */
 	if (__atomic_load_n(&I.gen, __ATOMIC_ACQUIRE) == b->gen &&
 	    __atomic_load_n(&I.state, __ATOMIC_ACQUIRE) == PM_INJ_RUNNING && !(b->finalizing && b->finalizing())) {
