@@ -3,7 +3,7 @@
 //
 // It provides the kernel-name demangler cache used by the exporters (Demangle),
 // helpers that switch an agent's collection through its ring's control words
-// (Enable, Disable, Yield, WaitAck), and, under cgo, a driver of the agent's C
+// (Enable, Disable, Yield, Detach, WaitAck), and, under cgo, a driver of the agent's C
 // ring producer for tests. The agent itself has no Go runtime inside (DESIGN
 // decision 1); its policy is documented in README.md beside this file.
 //
