@@ -71,6 +71,9 @@ gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scri
 test-gpu: ## on a GPU machine: real CUDA/CUPTI tests against torch.profiler (needs `make gpu-dist` output in .gpu/)
 	bash scripts/gpu/test-gpu.sh $(GPU_DIST)
 
+inject-gpu: ## on a GPU machine: attach --inject=ptrace twice to a torch loop started without the agent; per-step kernel counts against torch.profiler (needs `make gpu-dist` output in .gpu/, root)
+	bash scripts/gpu/inject-check.sh $(GPU_DIST)
+
 bench-gpu: ## on a GPU machine: overhead benchmarks (untraced, dormant, graph, nodes, torch.profiler)
 	bash scripts/gpu/bench-gpu.sh $(GPU_DIST)
 
@@ -81,4 +84,4 @@ clean: ## remove build outputs
 	rm -rf bin $(GPU_DIST) demo-out
 	$(MAKE) -C cupti clean
 
-.PHONY: help all build agent testlibs abi-check generate test test-pyhook bpf-check validate-deploy bench-pyhook demo gpu-dist test-gpu bench-gpu fmt clean
+.PHONY: help all build agent testlibs abi-check generate test test-pyhook bpf-check validate-deploy bench-pyhook demo gpu-dist test-gpu inject-gpu bench-gpu fmt clean
