@@ -433,3 +433,41 @@ print("RESULT " + json.dumps({"st0": st0, "st1": st1, "wrapped": any("select_exp
     assert r["st0"] == [[1, ""]]
     assert r["st1"] == [[2, "expert counts unavailable: MoE layers run inside CUDA graphs captured before attach"]]
     assert not r["wrapped"] and any("between the attach and the first forward" in x for x in r["logs"])
+
+
+def test_late_start_and_detach_while_serving_on_another_thread(tmp_path):
+    """The agent starts the hook from its own thread while vLLM's engine thread is serving;
+    ten attach / detach cycles under load: the engine never sees an exception, every cycle
+    records steps, and every attribute is the original afterwards."""
+    r, _ = run(LIVE + """
+from profilemate_trace import late
+snap = snapshot()
+c = conf(%r, start="graph")
+state = {"stop": False, "errors": [], "steps": 0}
+def engine():
+    while not state["stop"]:
+        try:
+            state["steps"] += serve(1)
+        except Exception as e:
+            state["errors"].append(repr(e))
+            break
+th = threading.Thread(target=engine, name="engine"); th.start()
+got = []
+def attach_cycle():
+    assert late.start(c) == 0
+    tr = Tracer(); tr.heartbeat()
+    time.sleep(0.1)
+    got.append(len(by(tr.read(), "py_sched_step")))
+    seq = tr.control(3, 0)
+    assert tr.wait(lambda: tr.ack == seq and tr.state == 5 and not pm_threads())
+for i in range(10):
+    t = threading.Thread(target=attach_cycle, name="pm-pyboot"); t.start(); t.join()
+    time.sleep(0.02)
+state["stop"] = True; th.join()
+print("RESULT " + json.dumps({"errors": state["errors"], "steps": state["steps"], "got": got,
+                              "changed": [list(map(str, k)) for k in changed(snap, snapshot())],
+                              "step_fn": ec.__dict__["step_fn"] is step_fn0}))
+""" % str(tmp_path / "inject.conf"))
+    assert r["errors"] == [] and r["steps"] > 0
+    assert len(r["got"]) == 10 and all(n > 0 for n in r["got"]), r["got"]
+    assert r["changed"] == [] and r["step_fn"]
