@@ -141,7 +141,7 @@ def start(conf_path):
         return -1
 
 
-def stop(reason="api", timeout=2.0):
+def stop(timeout=2.0):
     """Detach from inside the process (tests, scripts): the same as control_enable=3. Returns
     True when a session was running. Waits up to ``timeout`` for the hook thread to end."""
     th = None

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from late_helpers import Tracer, pm_threads  # noqa: E402
 
 # vLLM counts every capture in vllm.compilation.counter.compilation_counter (the fake has none)
-import vllm.compilation  # noqa: E402
+import vllm.compilation  # noqa: E402,F401  (the package, before its counter submodule)
 
 _cnt = types.ModuleType("vllm.compilation.counter")
 _cnt.compilation_counter = types.SimpleNamespace(num_cudagraph_captured=0)
@@ -160,7 +160,7 @@ def main(scratch):
     torch.cuda.synchronize()
     res["replay_after_detach_ok"] = True
     res["kept_counts_total"] = int(moe._KEEPALIVE[0].counts.sum().item()) if moe._KEEPALIVE else None
-    del tr
+    tr.mm.close()
 
     # 3. second attach: graphs exist now -> no counters, the note
     assert late.start(conf) == 0

@@ -28,7 +28,6 @@ def by(recs, name):
 
 
 def serve(s, reqs, max_steps=400):
-    from drive_real_vllm import _params  # noqa: F401
     import dataclasses
 
     from vllm.v1.outputs import ModelRunnerOutput
@@ -112,7 +111,7 @@ def main(scratch):
     res["changed"] = [list(map(str, k)) for k in changed(snap, snapshot())]
     res["instances_clean"] = [hook_free(o, k) for o, k in keys.items()]
     res["fds_after"] = pyhook_fds(tr.own)
-    del tr
+    tr.mm.close()
     res["maps_after"] = memfd_mappings()
     res["served_after_detach"] = serve(s, after)
 
@@ -133,7 +132,7 @@ def main(scratch):
             assert t.wait(lambda: t.ack == q and t.state == 5 and not pm_threads())
         else:
             assert late.stop()
-        del t
+        t.mm.close()
     gc.collect()
     res["cycles_with_events"] = ok
     res["cycle_growth"] = tracemalloc.get_traced_memory()[0] - m0
@@ -192,7 +191,7 @@ def moe(scratch):
     assert late.stop()
     out["routers_restored"] = ["select_experts" not in vars(r) for r in routers]
     out["counters_after"] = len(pm._COUNTERS)
-    del t
+    t.mm.close()
     return out
 
 
