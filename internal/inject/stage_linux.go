@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -194,7 +195,16 @@ func (s *Staging) Remove() error {
 	if s == nil || s.parent < 0 {
 		return nil
 	}
-	err := removeAt(s.parent, s.name)
+	// A producer may still append a last line to its log (reopening it by name) or Python
+	// may write a bytecode cache while we remove: retry a few times on a directory that
+	// refilled.
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = removeAt(s.parent, s.name); err == nil || !errors.Is(err, unix.ENOTEMPTY) {
+			break
+		}
+		time.Sleep(time.Duration(20*(i+1)) * time.Millisecond)
+	}
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		unix.Close(s.parent)
 		s.parent = -1
