@@ -236,7 +236,7 @@ func leftovers(t *testing.T, pid int) []string {
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	for _, e := range fds {
 		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
-		if strings.Contains(l, "profilemate") {
+		if strings.Contains(l, "memfd:profilemate") || strings.Contains(l, "/profilemate-inject-") || strings.HasSuffix(l, "/libprofilemate.so") {
 			out = append(out, "fd "+e.Name()+" -> "+l)
 		}
 	}
@@ -487,4 +487,42 @@ func captureStderr(t *testing.T, f func()) string {
 	os.Stderr = old
 	wr.Close()
 	return <-done
+}
+
+// --inject=auto on CPython 3.14 (PM_PYTHON314, from scripts/ci/python314.sh): loaded through PEP
+// 768 at the interpreter's own safe point, no thread stopped; capture and detach as with ptrace.
+func TestAttachInjectAutoPEP768(t *testing.T) {
+	requireInjectable(t)
+	py := os.Getenv("PM_PYTHON314")
+	if py == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("PM_PYTHON314 is unset under CI (.ci/run exports it from scripts/ci/python314.sh)")
+		}
+		t.Skip("PM_PYTHON314 is unset (run scripts/ci/python314.sh and export its last line)")
+	}
+	agent, lib := testlibs(t)
+	w := startWorkload(t, py, lib)
+	before := w.steps(t)
+	dir, code := attachInject(t, agent, w.pid, 1500*time.Millisecond, "--inject", "auto")
+	if code != 0 {
+		t.Fatalf("attach exited %d", code)
+	}
+	k, hook := kernelCounts(t, dir, w.pid)
+	if k["nvjet"] < 3 || k["sin"] < 3*k["nvjet"]-3 || k["sin"] > 3*k["nvjet"]+3 || !hook {
+		t.Errorf("kernels %v, hook stream %v", k, hook)
+	}
+	m := readInjMeta(t, dir)
+	if len(m.Injection.Processes) != 1 {
+		t.Fatalf("injection: %+v", m.Injection)
+	}
+	p := m.Injection.Processes[0]
+	if m.Injection.Requested != "auto" || p.Method != "remote-exec" || p.Tid != 0 || p.Detach != "acknowledged" || !m.Injection.StagingRemoved {
+		t.Errorf("injection: %+v", m.Injection)
+	}
+	if left := leftovers(t, w.pid); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+	if after := w.steps(t); after <= before+10 {
+		t.Errorf("workload ran %d steps across the attach", after-before)
+	}
 }

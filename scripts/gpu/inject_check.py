@@ -96,7 +96,8 @@ for tid in os.listdir("/proc/%d/task" % pid) if os.path.isdir("/proc/%d" % pid) 
         left.append("thread %s traced" % tid)
 for fd in os.listdir("/proc/%d/fd" % pid) if os.path.isdir("/proc/%d" % pid) else []:
     try:
-        if "profilemate" in os.readlink("/proc/%d/fd/%s" % (pid, fd)):
+        link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        if "memfd:profilemate" in link or "/profilemate-inject-" in link or link.endswith("/libprofilemate.so"):
             left.append("fd " + fd)
     except OSError:
         pass
