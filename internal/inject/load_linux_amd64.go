@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/profilemate/profilemate-trace/internal/pyproc"
@@ -151,10 +150,10 @@ func pickAndSeize(ctx context.Context, req loadRequest, maps []pyproc.Mapping) (
 			if err == nil {
 				return t, nil
 			}
-			if errors.Is(err, errExited) || strings.Contains(err.Error(), "PTRACE_SEIZE") {
+			if !errors.Is(err, errWoke) {
 				return nil, err
 			}
-			// It woke up between our look and the stop, or would not stop: try another.
+			// It woke up between our look and the stop: try another.
 			lastErr = err
 			tried[c.tid] = true
 		}

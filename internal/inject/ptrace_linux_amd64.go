@@ -53,6 +53,12 @@ type remoteThread struct {
 
 var errExited = errors.New("target exited")
 
+// errWoke: the chosen thread left its system call between our look and its stop; it was
+// released untouched and another may be tried. Every other failure of seize is final for the
+// injection, since the thread may still be attached to this OS thread (which then exits, and
+// the kernel detaches it).
+var errWoke = errors.New("thread woke up")
+
 // waitStop waits for tid to stop, up to d (0 = no limit except the target's exit). It polls with
 // WNOHANG so that it is bounded and notices a target that went away.
 func waitStop(pid, tid int, d time.Duration, onSlow func(time.Duration)) (unix.WaitStatus, error) {
@@ -132,7 +138,7 @@ func seize(c candidate, pid int, stopWait time.Duration) (*remoteThread, error) 
 		(rax == eRestartSys || rax == eRestartNoIntr || rax == eRestartNoHand || rax == eRestartBlock || rax == int64(unix.EINTR))
 	if !inSyscall {
 		unix.PtraceDetach(c.tid)
-		return nil, fmt.Errorf("thread %d left %s before it stopped (orig_rax %d, rax %d)", c.tid, syscallName(c.nr), int64(t.regs.Orig_rax), int64(t.regs.Rax))
+		return nil, fmt.Errorf("thread %d left %s before it stopped (orig_rax %d, rax %d): %w", c.tid, syscallName(c.nr), int64(t.regs.Orig_rax), int64(t.regs.Rax), errWoke)
 	}
 	if err := t.saveXState(); err != nil {
 		unix.PtraceDetach(c.tid)
