@@ -66,13 +66,22 @@ gpu-dist: build ## stage what a GPU machine needs (binary, agent, hook, GPU scri
 	cp -r pyhook $(GPU_DIST)/pyhook
 	[ -d cupti/gpu ] && cp -r cupti/gpu $(GPU_DIST)/cupti-gpu || true
 	sh bpf/gpu/build-bundle.sh $(GPU_DIST)/ebpf
-	cp scripts/gpu/* $(GPU_DIST)/
+	cp -r scripts/gpu/* $(GPU_DIST)/
 
 test-gpu: ## on a GPU machine: real CUDA/CUPTI tests against torch.profiler (needs `make gpu-dist` output in .gpu/)
 	bash scripts/gpu/test-gpu.sh $(GPU_DIST)
 
 inject-gpu: ## on a GPU machine: attach --inject=ptrace twice to a torch loop started without the agent; per-step kernel counts against torch.profiler (needs `make gpu-dist` output in .gpu/, root)
 	bash scripts/gpu/inject-check.sh $(GPU_DIST)
+
+gpu-carry: gpu-dist ## pack .gpu/ and the staged vLLM (scripts/gpu/vllm/prepare.sh) into .gpu-carry/ (under the device tool's 64 MiB)
+	rm -rf .gpu-carry && mkdir -p .gpu-carry
+	tar -C $(GPU_DIST) -cf - . | xz -6 -T2 > .gpu-carry/dist.tar.xz
+	[ -f .gpu-vllm/site.tar.xz ] && cp .gpu-vllm/site.tar.xz .gpu-carry/ || echo "no .gpu-vllm/site.tar.xz: run scripts/gpu/vllm/prepare.sh for the vLLM runs"
+	du -sh .gpu-carry/*
+
+e2e-vllm: ## on a GPU machine: real vLLM profiled by run and attach, overhead by mode (needs .gpu-carry/ from `make gpu-carry`)
+	bash scripts/gpu/vllm/e2e-vllm.sh
 
 bench-gpu: ## on a GPU machine: overhead benchmarks (untraced, dormant, graph, nodes, torch.profiler)
 	bash scripts/gpu/bench-gpu.sh $(GPU_DIST)
@@ -84,4 +93,4 @@ clean: ## remove build outputs
 	rm -rf bin $(GPU_DIST) demo-out
 	$(MAKE) -C cupti clean
 
-.PHONY: help all build agent testlibs abi-check generate test test-pyhook bpf-check validate-deploy bench-pyhook demo gpu-dist test-gpu inject-gpu bench-gpu fmt clean
+.PHONY: help all build agent testlibs abi-check generate test test-pyhook bpf-check validate-deploy bench-pyhook demo gpu-dist test-gpu inject-gpu gpu-carry e2e-vllm bench-gpu fmt clean
