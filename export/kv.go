@@ -2,7 +2,9 @@ package export
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -18,7 +20,24 @@ const (
 	kvEvictConn = 5
 	kvReset     = 6
 	kvCached    = 7
+	// kvAttach is not a record op: the free count a late-attached hook found in a live
+	// BlockPool (py_kv_config info num_free_blocks_at_attach), the first sample of that pool.
+	kvAttach = 100
 )
+
+// kvAttachFree returns py_kv_config info's num_free_blocks_at_attach, if present.
+func kvAttachFree(c record.PyKVConfig) (uint32, bool) {
+	if len(c.Info) == 0 {
+		return 0, false
+	}
+	var info struct {
+		Free *float64 `json:"num_free_blocks_at_attach"`
+	}
+	if json.Unmarshal(c.Info, &info) != nil || info.Free == nil || *info.Free < 0 || *info.Free > math.MaxUint32 {
+		return 0, false
+	}
+	return uint32(*info.Free), true
+}
 
 type kvPoolKey struct {
 	pid  int
@@ -79,6 +98,22 @@ func (s *Session) kv() *kvResult {
 		sort.SliceStable(blocks, func(i, k int) bool { return blocks[i].TsNS < blocks[k].TsNS })
 		state := map[kvPoolKey]map[uint32]*kvBlockState{}
 		last := map[kvPoolKey]uint32{}
+		// A hook attached late saw the pool already in use: start from the free count it read
+		// then, not from an empty cache, so usage is right from the first row.
+		for _, c := range st.KVConfigs {
+			free, ok := kvAttachFree(c)
+			if !ok {
+				continue
+			}
+			key := kvPoolKey{pid, c.PoolID}
+			total := r.totals[key]
+			used := uint32(0)
+			if total > free {
+				used = total - free
+			}
+			r.samples = append(r.samples, kvSample{ts: c.TsNS, used: used, total: total, free: free, key: key, op: kvAttach})
+			last[key] = free
+		}
 		for _, b := range blocks {
 			key := kvPoolKey{pid, b.PoolID}
 			m := state[key]
@@ -196,7 +231,7 @@ func (x kvSample) pct() float64 {
 	return 100 * float64(x.used) / float64(x.total)
 }
 
-var kvOpNames = map[uint32]string{0: "schedule", kvAlloc: "alloc", kvFree: "free", kvTouch: "prefix_hit", kvReset: "reset_prefix_cache"}
+var kvOpNames = map[uint32]string{0: "schedule", kvAlloc: "alloc", kvFree: "free", kvTouch: "prefix_hit", kvReset: "reset_prefix_cache", kvAttach: "attach"}
 
 func kvTables(s *Session) []output {
 	r := s.kv()

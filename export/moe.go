@@ -2,8 +2,10 @@ package export
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"sort"
+	"strings"
 )
 
 // MoE files are written at the top of the session and again under moe_expert_tracking/,
@@ -255,7 +257,7 @@ func moeTables(s *Session) ([]output, *moeResult) {
 	for _, p := range pairs {
 		cos.add(itoa(p.layer), itoa(p.a), itoa(p.b), itoa(p.n))
 	}
-	sum := jsonBlob("moe_summary.json", moeSummary(r))
+	sum := jsonBlob("moe_summary.json", moeSummary(r, moeUnavailable(s)))
 	return []output{act, cos, hist, bins, imb, sum}, r
 }
 
@@ -277,7 +279,32 @@ type moeLayerSummary struct {
 	Issues           []string `json:"issues"`
 }
 
-func moeSummary(r *moeResult) map[string]any {
+// moeUnavailable returns the MoE patches (name "moe.…") that the hook reported unavailable or
+// failed, e.g. after a late attach when the MoE layers run inside CUDA graphs captured before
+// it (docs/notes-pyhook.md §7a). Matched on the prefix and status, never on the reason text.
+func moeUnavailable(s *Session) []Patch {
+	var out []Patch
+	for _, p := range Patches(s) {
+		if strings.HasPrefix(p.Name, "moe.") && (p.Status == "unavailable" || p.Status == "failed") {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// moeNote is "pid N: <patch>: <reason>" (the status when the hook gave no reason).
+func moeNote(p Patch) string {
+	why := p.Reason
+	if why == "" {
+		why = p.Status
+	}
+	return fmt.Sprintf("pid %d: %s: %s", p.Pid, p.Name, why)
+}
+
+// moeSummary summarises the layers; unavailable lists MoE patches that could not count, which
+// become "notes" (and "expert_counts": "unavailable" when no layer has counts, so a missing
+// count is never shown as an empty table that looks like zero).
+func moeSummary(r *moeResult, unavailable []Patch) map[string]any {
 	var layers []moeLayerSummary
 	worst := 0.0
 	unhealthy := 0
@@ -341,6 +368,16 @@ func moeSummary(r *moeResult) map[string]any {
 			"std_dev":            "< 0.3 * mean",
 		},
 		"source": "expert ids counted on the GPU by ops captured into the CUDA graphs (py_moe_expert_counts), read back periodically",
+	}
+	if len(unavailable) > 0 {
+		notes := make([]string, 0, len(unavailable))
+		for _, p := range unavailable {
+			notes = append(notes, moeNote(p))
+		}
+		out["notes"] = notes
+		if len(layers) == 0 {
+			out["expert_counts"] = "unavailable"
+		}
 	}
 	if len(layers) > 0 {
 		if math.IsInf(worst, 1) {

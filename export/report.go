@@ -166,6 +166,9 @@ func (r *reporter) sources() {
 		r.w(`<tr><td>%s</td><td>%d</td><td style="text-align:left">%s</td></tr>`, src, have[src], esc(st))
 	}
 	r.w(`</table>`)
+	if line := injectionLine(r.s.Metadata); line != "" {
+		r.w(`<p class="note">%s</p>`, esc(line))
+	}
 	if d, ok := r.s.Metadata["drops"].(map[string]any); ok {
 		if t, _ := d["total"].(float64); t > 0 {
 			r.recs = append(r.recs, rec{"bad", fmt.Sprintf("%.0f records were dropped during capture (metadata.json drops): totals below undercount; enlarge the rings or sample kernel detail", t)})
@@ -531,6 +534,14 @@ func (r *reporter) moeSection() {
 			layers = append(layers, l)
 		}
 	}
+	if len(layers) == 0 && len(moeUnavailable(r.s)) > 0 {
+		var why []string
+		for _, p := range moeUnavailable(r.s) {
+			why = append(why, moeNote(p))
+		}
+		r.missing("MoE expert counts unavailable", strings.Join(why, "; ")+".")
+		return
+	}
 	if len(layers) == 0 {
 		r.missing("no MoE expert counts", "The model has no MoE layers, or the hook's expert counters are off (ENABLE_MOE_EXPERT_TRACKING): they count expert ids on the GPU inside the CUDA graphs and read them back periodically.")
 		return
@@ -709,4 +720,46 @@ func (r *reporter) kernels() {
 		r.w(`<tr><td title="%s">%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s%%</td></tr>`, esc(row[12]), esc(trunc(row[0], 70)), esc(row[13]), row[2], fmtNum(tot/1e3), row[4], row[6], row[11])
 	}
 	r.w(`</table><p class="note">All kernels: gpu_kernels.csv. Generated %s.</p>`, time.Now().UTC().Format(time.RFC3339))
+}
+
+// injectionLine is one line about metadata.json "injection" (attach --inject): per process
+// something was loaded into, the method, the load time and the first enable's stall. A process
+// whose first enable armed CUPTI (first_enable_stall_ms present) stays slower after the detach
+// until it restarts: CUPTI cannot be finalised safely (docs/injection.md §5).
+func injectionLine(md map[string]any) string {
+	inj, ok := md["injection"].(map[string]any)
+	if !ok {
+		return ""
+	}
+	procs, _ := inj["processes"].([]any)
+	var parts []string
+	armed := false
+	for _, x := range procs {
+		p, ok := x.(map[string]any)
+		if !ok {
+			continue
+		}
+		method, _ := p["method"].(string)
+		if method != "ptrace" && method != "remote-exec" {
+			continue
+		}
+		pid, _ := p["pid"].(float64)
+		part := fmt.Sprintf("pid %.0f %s", pid, method)
+		if v, ok := p["load_ms"].(float64); ok {
+			part += fmt.Sprintf(", load %.1f ms", v)
+		}
+		if v, ok := p["first_enable_stall_ms"].(float64); ok {
+			part += fmt.Sprintf(", first-enable stall %.1f ms", v)
+			armed = true
+		}
+		parts = append(parts, part)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	line := "Injected by attach --inject: " + strings.Join(parts, "; ")
+	if armed {
+		line += "; the process stays slower after detach until restart (CUPTI stays initialised)"
+	}
+	return line
 }
