@@ -249,38 +249,46 @@ func (inj *Injection) Detach(wait time.Duration) error {
 		seq uint32
 	}
 	var waiting []pending
+	// A producer loaded just now may not have made its ring yet (Detach right after a failed
+	// injection of another process): wait for it within the same bound as the acks.
+	deadline := time.Now().Add(wait)
 	for _, p := range inj.Injected() {
-		found, err := ring.Find(p.Pid)
-		if err != nil {
-			p.Detach = "process gone"
-			continue
-		}
-		n := 0
 		seen := map[uint64]bool{}
-		for _, f := range found {
-			var st syscall.Stat_t
-			if syscall.Stat(f.Path, &st) != nil || seen[st.Ino] {
-				continue // one ring may sit behind several descriptors
+		ours := 0
+		for {
+			found, err := ring.Find(p.Pid)
+			if err != nil || processGone(p.Pid) {
+				p.Detach = "process gone"
+				break
 			}
-			seen[st.Ino] = true
-			r, err := ring.Open(f.Path)
-			if err != nil {
-				continue
+			for _, f := range found {
+				var st syscall.Stat_t
+				if syscall.Stat(f.Path, &st) != nil || seen[st.Ino] {
+					continue // one ring may sit behind several descriptors
+				}
+				r, err := ring.Open(f.Path)
+				if err != nil {
+					continue // not initialised yet (ring.ErrNotReady): next round
+				}
+				seen[st.Ino] = true
+				h := r.Header()
+				if h.ProducerFlags&ring.FlagLateStart == 0 && h.LateStartNs == 0 && h.CreatedNs < p.startedNs {
+					r.Close() // a ring from before the injection: not ours to detach
+					continue
+				}
+				r.Detach()
+				waiting = append(waiting, pending{p, r, f.Source, r.Header().ControlSeq})
+				ours++
 			}
-			h := r.Header()
-			if h.ProducerFlags&ring.FlagLateStart == 0 && h.LateStartNs == 0 && h.CreatedNs < p.startedNs {
-				r.Close() // a ring from before the injection: not ours to detach
-				continue
+			if ours > 0 || time.Now().After(deadline) {
+				break
 			}
-			r.Detach()
-			waiting = append(waiting, pending{p, r, f.Source, r.Header().ControlSeq})
-			n++
+			time.Sleep(20 * time.Millisecond)
 		}
-		if n == 0 {
+		if ours == 0 && p.Detach == "" {
 			p.Detach = "no injected ring found"
 		}
 	}
-	deadline := time.Now().Add(wait)
 	for _, w := range waiting {
 		for {
 			h := w.r.Header()
