@@ -272,7 +272,9 @@ func (inj *Injection) Detach(wait time.Duration) error {
 				}
 				seen[st.Ino] = true
 				h := r.Header()
-				if h.ProducerFlags&ring.FlagLateStart == 0 && h.LateStartNs == 0 && h.CreatedNs < p.startedNs {
+				// Ours: an agent started by pm_inject_start (late_start_ns set; the late flag alone
+				// also marks a preloaded agent armed late), or any ring made after we began.
+				if h.LateStartNs == 0 && h.CreatedNs < p.startedNs {
 					r.Close() // a ring from before the injection: not ours to detach
 					continue
 				}
