@@ -18,7 +18,7 @@ func TestH100BundleExact(t *testing.T) {
 	}
 	byPid := map[int][]want{
 		503: {{"sin_kernel_cuda", 300}, {"nvjet_sm90", 40}, {"pm_triton_axpy", 61}},
-		510: {{"exp_kernel_cuda", 30}}, // multiprocessing fork child, left through os._exit
+		510: {{"exp_kernel_cuda", 30}},   // multiprocessing fork child, left through os._exit
 		586: {{"log1p_kernel_cuda", 30}}, // spawn child
 	}
 	seen := map[int]bool{}
