@@ -76,7 +76,8 @@ inject-gpu: ## on a GPU machine: attach --inject=ptrace twice to a torch loop st
 
 gpu-carry: gpu-dist ## pack .gpu/ and the staged vLLM (scripts/gpu/vllm/prepare.sh) into .gpu-carry/ (under the device tool's 64 MiB)
 	rm -rf .gpu-carry && mkdir -p .gpu-carry
-	tar -C $(GPU_DIST) -cf - . | xz -6 -T2 > .gpu-carry/dist.tar.xz
+	strip $(GPU_DIST)/profilemate-trace  # symbols stay in bin/; 64 MiB is tight
+	tar -C $(GPU_DIST) --exclude=./ebpf -cf - . | xz -9 -T2 > .gpu-carry/dist.tar.xz  # ebpf/: the eBPF test bundle (make test-gpu), not needed here
 	[ -f .gpu-vllm/site.tar.xz ] && cp .gpu-vllm/site.tar.xz .gpu-carry/ || echo "no .gpu-vllm/site.tar.xz: run scripts/gpu/vllm/prepare.sh for the vLLM runs"
 	du -sh .gpu-carry/*
 

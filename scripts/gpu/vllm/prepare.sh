@@ -10,8 +10,9 @@
 #   * its compiled ops _C_stable_libtorch and _moe_C_stable_libtorch (built for torch 2.11 and
 #     CUDA 13, as the H100's torch is) with the device code an sm_90 GPU never loads zeroed by
 #     prune_fatbin.py (79 + 48 MB -> 15 + 14.5 MB after zstd); the small cumem/fs_io/spinloop ops;
-#   * not carried: the FlashAttention 2/3 and FlashMLA extensions (hundreds of MB): the runs use
-#     vLLM's Triton attention backend;
+#   * FlashAttention 3 (_vllm_fa3_C, 153 MB of sm_90 code that xz shrinks to 8 MB): vLLM's
+#     CUDA platform refuses to import its attention layers without FA2 or FA3, though the runs
+#     use the Triton attention backend; not carried: FA2 (305 MB, sm_80 + PTX) and FlashMLA;
 #   * the pure-Python and cp312 wheels the H100 venv lacks (deps-VERSION.txt, found by importing
 #     the engine, model runner, Llama/Mixtral and Triton attention modules in a Python 3.12 venv
 #     that mirrors the H100's freeze, docs/h100-environment.md), installed into the same folder.
@@ -42,7 +43,8 @@ trap 'rm -rf "$SITE"' EXIT
   && unzip -q "$WHL" 'vllm/third_party/__init__.py' 'vllm/third_party/pynvml.py' \
        'vllm/third_party/triton_kernels/*' 'vllm/third_party/flash_linear_attention/*' \
   && unzip -q "$WHL" 'vllm/cumem_allocator.abi3.so' 'vllm/fs_io_C.abi3.so' 'vllm/spinloop.abi3.so' \
-       'vllm/_C_stable_libtorch.abi3.so' 'vllm/_moe_C_stable_libtorch.abi3.so')
+       'vllm/_C_stable_libtorch.abi3.so' 'vllm/_moe_C_stable_libtorch.abi3.so' \
+       'vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so')
 for so in _C_stable_libtorch _moe_C_stable_libtorch; do
   "$PY" "$ROOT/scripts/gpu/vllm/prune_fatbin.py" --keep-sm "${PM_KEEP_SM:-90}" \
     "$SITE/vllm/$so.abi3.so" "$SITE/vllm/$so.pruned" 2>&1 | tail -1 >&2

@@ -72,6 +72,25 @@ def metric_values(llm):
     return vals
 
 
+def summarize(outs, wall, after, before):
+    gen = sum(len(o.outputs[0].token_ids) for o in outs)
+    tpot = []
+    for o in outs:
+        m = o.metrics
+        n = getattr(m, "num_generation_tokens", 0) if m else 0
+        if n > 1 and m.last_token_ts > m.first_token_ts:
+            tpot.append((m.last_token_ts - m.first_token_ts) / (n - 1))
+    tpot.sort()
+    return {
+        "requests": len(outs), "wall_s": round(wall, 3),
+        "output_tokens": gen, "output_tokens_per_s": round(gen / wall, 1),
+        "tpot_p50_ms": round(1e3 * statistics.median(tpot), 3) if tpot else None,
+        "tpot_p90_ms": round(1e3 * tpot[int(0.9 * (len(tpot) - 1))], 3) if tpot else None,
+        "preemptions": after.get("vllm:num_preemptions", 0) - before.get("vllm:num_preemptions", 0),
+        "metrics_after": {k: v for k, v in after.items() if "kv_cache" in k or "preempt" in k or "num_requests" in k},
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["dense", "moe"], default="dense")
@@ -83,6 +102,9 @@ def main():
     ap.add_argument("--torch-profiler", default="", help="profile the measured load with vLLM's torch profiler into DIR")
     ap.add_argument("--wait-attach", default="")
     ap.add_argument("--hold", type=float, default=0)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="overhead mode: N measured loads, each gated by --round-sync DIR (go.I before, res.I.json after)")
+    ap.add_argument("--round-sync", default="")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -119,6 +141,31 @@ def main():
         return outs, time.monotonic() - t
 
     load(requests(32, 1))  # warm-up
+    if a.rounds:
+        # One engine, N identical loads; the driver changes the tracing mode between them
+        # (attach at graph or nodes, or nothing), so modes are compared inside one process.
+        per = []
+        for i in range(a.rounds):
+            print(f"ROUND {i}", flush=True)
+            go = os.path.join(a.round_sync, f"go.{i}")
+            deadline = time.monotonic() + 300
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if a.torch_profiler:
+                llm.start_profile()
+            b = metric_values(llm)
+            o, w = load(requests(a.requests, 2))
+            if a.torch_profiler:
+                llm.stop_profile()
+            r = summarize(o, w, metric_values(llm), b)
+            r["round"] = i
+            per.append(r)
+            with open(os.path.join(a.round_sync, f"res.{i}.json"), "w") as f:
+                json.dump(r, f)
+            print("ROUNDRESULT " + json.dumps(r), flush=True)
+        with open(a.out, "w") as f:
+            json.dump({"vllm": vllm.__version__, "rounds": per, "startup_s": round(startup, 2)}, f, indent=1)
+        return
     if a.wait_attach:
         print(f"READY {os.getpid()}", flush=True)
         deadline = time.monotonic() + 600
@@ -138,26 +185,13 @@ def main():
     if a.torch_profiler:
         llm.stop_profile()
 
-    gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    tpot = []
-    for o in outs:
-        m = o.metrics
-        n = getattr(m, "num_generation_tokens", 0) if m else 0
-        if n > 1 and m.last_token_ts > m.first_token_ts:
-            tpot.append((m.last_token_ts - m.first_token_ts) / (n - 1))
-    tpot.sort()
-    res = {
-        "vllm": vllm.__version__, "model": a.model, "requests": len(outs), "rounds": rounds,
-        "startup_s": round(startup, 2), "wall_s": round(wall, 3),
-        "output_tokens": gen, "output_tokens_per_s": round(gen / wall, 1),
-        "tpot_p50_ms": round(1e3 * statistics.median(tpot), 3) if tpot else None,
-        "tpot_p90_ms": round(1e3 * tpot[int(0.9 * (len(tpot) - 1))], 3) if tpot else None,
-        "preemptions": after.get("vllm:num_preemptions", 0) - before.get("vllm:num_preemptions", 0),
-        "metrics_after": {k: v for k, v in after.items() if "kv_cache" in k or "preempt" in k or "num_requests" in k},
+    res = summarize(outs, wall, after, before)
+    res.update({
+        "vllm": vllm.__version__, "model": a.model, "rounds": rounds, "startup_s": round(startup, 2),
         "cudagraph_mode": str(cc.cudagraph_mode), "cudagraph_capture_sizes": cc.cudagraph_capture_sizes,
         "num_gpu_blocks": cfg.cache_config.num_gpu_blocks, "block_size": cfg.cache_config.block_size,
         "pid": os.getpid(),
-    }
+    })
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     print("RESULT " + json.dumps(res), flush=True)
