@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -415,10 +416,10 @@ func (p *Process) ScanCodes(maxBytes uint64, name func(string) bool, keep func(C
 	if err != nil {
 		return nil, err
 	}
-	var out []Code
-	var scanned uint64
-	buf := make([]byte, 1<<20)
-	names := map[uint64]string{} // co_name str objects are shared (interned): read each once
+	// Smallest mappings first: CPython's object arenas (obmalloc's 1 MiB arenas, mimalloc's
+	// segments) and the brk heap are small; the large anonymous mappings of an inference server
+	// are mostly tensors and pinned buffers, so when maxBytes cuts the scan it cuts those.
+	cand := maps[:0:0]
 	for _, m := range maps {
 		if len(m.Perms) < 2 || m.Perms[0] != 'r' || m.Perms[1] != 'w' {
 			continue
@@ -429,6 +430,14 @@ func (p *Process) ScanCodes(maxBytes uint64, name func(string) bool, keep func(C
 		if m.End-m.Start > 1<<30 {
 			continue
 		}
+		cand = append(cand, m)
+	}
+	sort.SliceStable(cand, func(i, j int) bool { return cand[i].End-cand[i].Start < cand[j].End-cand[j].Start })
+	var out []Code
+	var scanned uint64
+	buf := make([]byte, 1<<20)
+	names := map[uint64]string{} // co_name str objects are shared (interned): read each once
+	for _, m := range cand {
 		for a := m.Start; a < m.End; a += uint64(len(buf)) {
 			n := uint64(len(buf))
 			if m.End-a < n {
