@@ -8,7 +8,8 @@ and then reaches the live objects that import-time patching would have caught:
 
 * bound methods stored on instances before the attach (``EngineCore.step_fn = self.step``,
   callbacks in lists or dicts of vLLM objects) are re-bound to the patched functions;
-* each live ``BlockPool`` gets its ``py_kv_config`` record (normally written by ``__init__``);
+* each live ``BlockPool`` gets its ``py_kv_config`` record (normally written by ``__init__``),
+  with ``num_free_blocks_at_attach`` (the snapshot a dormant -> collecting transition also writes);
 * each live model runner's MoE routers get counters when no CUDA graph was captured yet, and
   otherwise the ``moe.*`` patch says why there are no counts (``py_patch_status`` unavailable +
   a ``log`` record) instead of reporting zeros;
@@ -458,26 +459,17 @@ def _patch(name):
 
 
 def _live_kv(live):
-    """py_kv_config for every BlockPool built before the attach (its __init__ ran unpatched)."""
+    """py_kv_config for every BlockPool built before the attach (its __init__ ran unpatched):
+    the pools are tracked like those built later, and the same snapshot that a dormant ->
+    collecting transition writes is written now (``num_free_blocks_at_attach``; captures kept
+    while dormant: none yet in a fresh late session)."""
     p = _patch("kv.block_pool")
-    if p is None or not p.on:
-        return
-    from .patches import kv
+    if p is not None and p.on:
+        from .patches import kv
 
-    for pool in live.by.get("block_pool", ()):
-        try:
-            nfree = kv._nfree(pool)
-            info = {"enable_caching": bool(getattr(pool, "enable_caching", False)),
-                    "hash_block_size": getattr(pool, "hash_block_size", None),
-                    "enable_kv_cache_events": getattr(pool, "enable_kv_cache_events", None),
-                    "medium": getattr(pool, "medium", None),
-                    "class": type(pool).__name__,
-                    "attached_late": True,
-                    "num_free_blocks_at_attach": nfree}
-            rt.emit_kv_config(kv.pool_id(pool), getattr(pool, "num_gpu_blocks", 0),
-                              getattr(pool, "hash_block_size", 0) or 0, info["enable_caching"], info)
-        except Exception as e:
-            p.fail(e)
+        for pool in live.by.get("block_pool", ()):
+            kv.track(pool)
+    rt.emit_snapshot()
 
 
 def _live_moe(live):

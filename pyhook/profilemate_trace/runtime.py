@@ -201,8 +201,8 @@ def emit_dispatch(step, mode, ntok, nreal, nreqs, nlora, utc, mql, flags, kind, 
     _w(_S_DISP, (_mono(), step, _tid(), mode, ntok, nreal, nreqs, nlora, utc, mql, flags, kind, source, len(desc_b)), desc_b)
 
 
-def emit_capture(start, end, mode, ntok, nreqs, nlora, flags, source, desc_b):
-    _w(_S_CAP, (start, end, _tid(), mode, ntok, nreqs, nlora, flags, source, len(desc_b)), desc_b)
+def emit_capture(start, end, mode, ntok, nreqs, nlora, flags, source, desc_b, tid=None):
+    _w(_S_CAP, (start, end, tid or _tid(), mode, ntok, nreqs, nlora, flags, source, len(desc_b)), desc_b)
 
 
 def emit_sched(vals):
@@ -418,6 +418,30 @@ def _apply_start_env():
     return {"graph": 1, "nodes": 2}.get(s, 0)
 
 
+# ---- snapshots of the state established while dormant ------------------------------------
+_snapshots = {}       # name -> callable(): emits records describing live state (kv pools, captures)
+
+
+def add_snapshot(name, fn):
+    """Register ``fn`` (called with no argument) to describe state built while nothing was
+    collected: run at every dormant -> collecting transition, at a spill -> tracer handover
+    and at a late start. One entry per name (a re-install replaces it)."""
+    _snapshots[name] = fn
+
+
+def emit_snapshot():
+    """Run every registered snapshot; each is wrapped (an error is reported once, never raised).
+    Returns the number of snapshot functions that ran without error."""
+    n = 0
+    for name, fn in list(_snapshots.items()):
+        try:
+            fn()
+            n += 1
+        except Exception as e:
+            report_once("snapshot:" + name, "snapshot %s failed: %r" % (name, e))
+    return n
+
+
 def _loop(stop):
     global ON, _mode
     last_seq = -1
@@ -440,6 +464,7 @@ def _loop(stop):
                 _mode = "tracer"
                 if _spill is not None:
                     _spill.drain()
+                emit_snapshot()  # what went to the spill file is not in the tracer's view
                 log("tracer attached to pid %d; spilling stops" % os.getpid())
             if hb:
                 hb_seen = hb
@@ -451,8 +476,15 @@ def _loop(stop):
                     # 3 (detach) is for injected producers; an import-time hook goes dormant
                     new_on = bool(enable) and enable != _ring.CONTROL_DETACH
                     if new_on != ON:
-                        ON = new_on
-                        emit_control(enable, detail, seq, 0)
+                        if new_on:
+                            # dormant -> collecting: describe what was built meanwhile (block
+                            # pools, captured graphs) before any record that refers to it
+                            emit_control(enable, detail, seq, 0)
+                            emit_snapshot()
+                            ON = True
+                        else:
+                            ON = False
+                            emit_control(enable, detail, seq, 0)
                     r.ack(seq)
                 if ON and hb and (_mono() - hb) > CFG.ORPHAN_TIMEOUT_S * 1e9:
                     ON = False

@@ -16,8 +16,14 @@ def reset_state(moe_keep_alive=False):
     attach in the same process starts from nothing."""
     from . import _ctx, cudagraph, kv, moe, scheduler, worker
 
+    from .. import runtime as rt
+
     kv._pool_ids.clear()
+    kv._LIVE.clear()
     del kv._EV[:]
+    del cudagraph._DORMANT_CAPS[:]
+    cudagraph._dormant_dropped[0] = 0
+    rt._snapshots.clear()
     scheduler._preempted.clear()
     scheduler._awaiting.clear()
     scheduler._limits.clear()

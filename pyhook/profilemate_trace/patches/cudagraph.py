@@ -21,6 +21,38 @@ from .base import Patch
 _mono = rt._mono
 
 
+# captures made while the hook was dormant (rt.ON false): kept here, emitted with flag bit7 at
+# every dormant -> collecting transition (runtime.emit_snapshot); throw-away captures
+# (profile_cudagraph_memory, bit5) are not kept: those graphs no longer exist
+SNAPSHOT_FLAG = 128
+_DORMANT_CAPS = []
+_DORMANT_MAX = 4096
+_dormant_dropped = [0]
+
+
+def _capture(t0, t1, mode, nt, nr, nl, flags, source, rb):
+    """One captured graph: a py_graph_capture record now, or, while dormant, kept for the
+    snapshot at the next enable (captures happen once, at start-up, before any attach)."""
+    if rt.ON:
+        rt.emit_capture(t0, t1, mode, nt, nr, nl, flags, source, rb)
+    elif not flags & 32:
+        if len(_DORMANT_CAPS) < _DORMANT_MAX:
+            _DORMANT_CAPS.append((t0, t1, rt._tid(), mode, nt, nr, nl, flags, source, rb))
+        else:
+            _dormant_dropped[0] += 1
+
+
+def snapshot():
+    """py_graph_capture for each graph captured while dormant (original CPU start/end and
+    thread; flags | SNAPSHOT_FLAG). Kept for a later enable too (a second attach re-emits)."""
+    for t0, t1, tid, mode, nt, nr, nl, flags, source, rb in list(_DORMANT_CAPS):
+        rt.emit_capture(t0, t1, mode, nt, nr, nl, flags | SNAPSHOT_FLAG, source, rb, tid)
+    if _dormant_dropped[0]:
+        rt.emit_log(2, "cudagraph: %d capture(s) made while dormant beyond the first %d are not described"
+                    % (_dormant_dropped[0], _DORMANT_MAX))
+    return len(_DORMANT_CAPS)
+
+
 def _kind(mode):
     if mode == 0:
         return 1
@@ -203,7 +235,7 @@ def install_v2_cgutils(p, mod):
     if hasattr(cls, "capture"):
         def make_cap(orig):
             def w(self, *a, **kw):
-                if not (rt.ON and p.on):
+                if not p.on:  # also while dormant: captures are kept for the enable snapshot
                     return orig(self, *a, **kw)
                 a = list(a)
                 if a:
@@ -245,7 +277,7 @@ def _wrap_cff(p, cff):
             t1 = _mono()
             try:
                 nt, nr, nl, _u, _m, flags, rb, dmode = desc_info(desc)
-                rt.emit_capture(t0, t1, mode_val(dmode), nt, nr, nl, flags | 4 | 64, 3, rb)
+                _capture(t0, t1, mode_val(dmode), nt, nr, nl, flags | 4 | 64, 3, rb)
             except Exception as e:
                 p.fail(e)
             return r
@@ -289,7 +321,7 @@ def install_wrapper(p, mod):
 
     def make(orig):
         def w(self, *a, **kw):
-            if not (rt.ON and p.on):
+            if not p.on:  # also while dormant (until capture_model returns): see _capture
                 return orig(self, *a, **kw)
             cap = False
             try:
@@ -314,7 +346,7 @@ def install_wrapper(p, mod):
                     flags |= 64  # first piece / whole graph
                 if getattr(TL, "profile_cg", False):
                     flags |= 32
-                rt.emit_capture(t0, t1, mode_val(mode), nt, nr, nl, flags, 1, rb)
+                _capture(t0, t1, mode_val(mode), nt, nr, nl, flags, 1, rb)
             except Exception as e:
                 p.fail(e)
             return r
@@ -333,7 +365,7 @@ def install_breakable(p, mod):
 
     def make(orig):
         def w(self, *a, **kw):
-            if not (rt.ON and p.on):
+            if not p.on:  # also while dormant: see _capture
                 return orig(self, *a, **kw)
             t0 = _mono()
             r = orig(self, *a, **kw)
@@ -345,7 +377,7 @@ def install_breakable(p, mod):
                 nt, nr, nl, _u, _m, flags, rb, _d = desc_info(desc)
                 if getattr(TL, "profile_cg", False):
                     flags |= 32
-                rt.emit_capture(t0, t1, mode_val(mode), nt, nr, nl, flags | 64, 2, rb)
+                _capture(t0, t1, mode_val(mode), nt, nr, nl, flags | 64, 2, rb)
             except Exception as e:
                 p.fail(e)
             return r
@@ -356,6 +388,7 @@ def install_breakable(p, mod):
 
 def patches():
     S = "ENABLE_CUDA_GRAPH_TRACKING"
+    rt.add_snapshot("cudagraph.captures", snapshot)
     return [
         Patch("cudagraph.v1_runner", "vllm.v1.worker.gpu_model_runner", S, install_v1_runner),
         Patch("cudagraph.v1_dispatcher", "vllm.v1.cudagraph_dispatcher", S, install_v1_dispatcher),

@@ -5,6 +5,7 @@ the scheduler process. One py_kv_blocks record per call, with the block ids as a
 """
 
 import array
+import weakref
 
 from .. import runtime as rt
 from .base import Patch
@@ -13,6 +14,73 @@ ALLOC, FREE, TOUCH, EVICT, EVICT_CONNECTOR, RESET, CACHED, UNPIN = 1, 2, 3, 4, 5
 
 _pool_ids = {}          # id(pool) -> pool index (pools live as long as the scheduler)
 _EV = []                # block ids evicted by _maybe_evict_cached_block, not yet emitted
+_LIVE = {}              # id(pool) -> weakref.ref(pool): every pool built (or found) since install
+_LIVE_MAX = 256
+
+
+def track(pool):
+    """Remember ``pool`` weakly (once per BlockPool construction, also while dormant), so an
+    enable or attach can describe it later (``snapshot``). Never raises."""
+    try:
+        i = id(pool)
+        ref = _LIVE.get(i)
+        if ref is not None and ref() is pool:
+            return
+        if len(_LIVE) >= _LIVE_MAX:
+            for k, r in list(_LIVE.items()):
+                if r() is None:
+                    del _LIVE[k]
+            if len(_LIVE) >= _LIVE_MAX:
+                return
+        _LIVE[i] = weakref.ref(pool)
+    except Exception:
+        pass  # a pool that cannot be weakly referenced is only recorded at its construction
+
+
+def live_pools():
+    out = []
+    for k, r in list(_LIVE.items()):
+        o = r()
+        if o is None:
+            _LIVE.pop(k, None)
+        else:
+            out.append(o)
+    return out
+
+
+def config_info(pool):
+    return {"enable_caching": bool(getattr(pool, "enable_caching", False)),
+            "hash_block_size": getattr(pool, "hash_block_size", None),
+            "enable_kv_cache_events": getattr(pool, "enable_kv_cache_events", None),
+            "medium": getattr(pool, "medium", None),
+            "class": type(pool).__name__}
+
+
+def emit_config(pool, extra=None):
+    info = config_info(pool)
+    if extra:
+        info.update(extra)
+    rt.emit_kv_config(pool_id(pool), getattr(pool, "num_gpu_blocks", 0),
+                      getattr(pool, "hash_block_size", 0) or 0, info["enable_caching"], info)
+
+
+def snapshot(p):
+    """py_kv_config for every live pool, with its current free count
+    (``num_free_blocks_at_attach``: export starts kv_cache_usage.csv from it). Run when
+    collecting starts (dormant -> collecting, spill -> tracer, late start): a pool built while
+    dormant had its construction record dropped. Returns the number of records."""
+    if p is None or not p.on:
+        return 0
+    n = 0
+    for pool in live_pools():
+        try:
+            emit_config(pool, {"attached_late": bool(rt._late), "snapshot": True,
+                               "num_free_blocks_at_attach": _nfree(pool)})
+            n += 1
+        except Exception as e:
+            p.fail(e)
+            break
+    return n
 
 
 def pool_id(pool):
@@ -52,20 +120,16 @@ def install(p, mod):
     def make_init(orig):
         def w(self, *a, **kw):
             orig(self, *a, **kw)
-            if rt.ON and p.on:
-                try:
-                    info = {"enable_caching": bool(getattr(self, "enable_caching", False)),
-                            "hash_block_size": getattr(self, "hash_block_size", None),
-                            "enable_kv_cache_events": getattr(self, "enable_kv_cache_events", None),
-                            "medium": getattr(self, "medium", None),
-                            "class": type(self).__name__}
-                    rt.emit_kv_config(pool_id(self), getattr(self, "num_gpu_blocks", 0),
-                                      getattr(self, "hash_block_size", 0) or 0,
-                                      info["enable_caching"], info)
-                except Exception as e:
-                    p.fail(e)
+            if p.on:
+                track(self)  # also while dormant: described by the snapshot at enable
+                if rt.ON:
+                    try:
+                        emit_config(self)
+                    except Exception as e:
+                        p.fail(e)
         return w
     p.wrap(cls, "__init__", make_init)
+    rt.add_snapshot("kv.block_pool", lambda: snapshot(p))
 
     S_KV = rt._S_KV
     st_kv, t_kv, size_kv = S_KV
