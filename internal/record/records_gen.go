@@ -756,7 +756,7 @@ type PyGraphCapture struct {
 	NumTokens      uint32 // padded tokens of the descriptor
 	NumReqs        int32  // -1 when None
 	NumActiveLoras uint32 // 0 when absent
-	Flags          uint32 // bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor
+	Flags          uint32 // bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor; bit7 captured while the hook was dormant and written at the enable (times are the original ones)
 	Source         uint32 // 1 CUDAGraphWrapper, 2 BreakableCUDAGraphWrapper, 3 V2 CudaGraphManager.capture (one descriptor), 4 V1 _capture_cudagraphs batch (whole list)
 	DescLen        uint32 // bytes of desc
 	Desc           []byte // variable tail

@@ -356,7 +356,7 @@ struct pm_rec_py_graph_capture {
 	uint32_t num_tokens; /* 32 padded tokens of the descriptor */
 	int32_t num_reqs; /* 36 -1 when None */
 	uint32_t num_active_loras; /* 40 0 when absent */
-	uint32_t flags; /* 44 bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor */
+	uint32_t flags; /* 44 bit0 uniform; bit1 has_lora; bit2 V2 runner; bit3 dataclass descriptor; bit5 throw-away capture inside profile_cudagraph_memory; bit6 first piece of a piecewise graph or a whole (FULL) graph: count graphs on records with bit6, sum durations over all records of one descriptor; bit7 captured while the hook was dormant and written at the enable (times are the original ones) */
 	uint32_t source; /* 48 1 CUDAGraphWrapper, 2 BreakableCUDAGraphWrapper, 3 V2 CudaGraphManager.capture (one descriptor), 4 V1 _capture_cudagraphs batch (whole list) */
 	uint32_t desc_len; /* 52 bytes of desc */
 	/* followed by desc_len bytes of desc, then zero padding to 8 */
