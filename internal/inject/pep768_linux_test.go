@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,7 +124,9 @@ func pep768Start(t *testing.T, py, mode string, env []string, args ...string) *p
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, err := os.Stat(ready); err == nil {
+		if _, err := os.Stat(ready); err == nil && (mode != "blocked" && mode != "thread" || pep768InRead(p.cmd.Process.Pid)) {
+			// blocked/thread: the ready file is written just before os.read(); wait until the
+			// main thread is really parked in read(2), or it may still take the request itself.
 			return p
 		}
 		select {
@@ -135,6 +138,16 @@ func pep768Start(t *testing.T, py, mode string, env []string, args ...string) *p
 			t.Fatalf("target %s %s not ready after 20 s", py, mode)
 		}
 	}
+}
+
+// pep768InRead reports whether the process's main thread is in read(2).
+func pep768InRead(pid int) bool {
+	nr := "0 " // x86-64
+	if runtime.GOARCH == "arm64" {
+		nr = "63 "
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+	return err == nil && strings.HasPrefix(string(b), nr)
 }
 
 // waitMarker waits up to bound for the injected script's marker and returns its pid and thread name.
