@@ -207,3 +207,31 @@ func TestInjectionMetadataThroughBundle(t *testing.T) {
 		t.Errorf("line = %q", l)
 	}
 }
+
+// Graphs captured while the hook was dormant are written (flags bit 7) at every enable; a session
+// that enabled twice lists each capture once.
+func TestDormantCapturesOnce(t *testing.T) {
+	b := exporttest.New(t0)
+	py := b.Stream(1234, "pyhook")
+	dormant := func(tok uint32, start uint64) []byte {
+		return record.AppendPyGraphCapture(nil, &record.PyGraphCapture{StartNS: start, EndNS: start + 15_000_000,
+			TID: 11, RuntimeMode: 2, NumTokens: tok, NumReqs: int32(tok), Flags: 1 | 1<<6 | 1<<7, Source: 3})
+	}
+	for enable := 0; enable < 2; enable++ { // two enables re-emit the same two captures
+		py.Add(dormant(8, at(1)), dormant(16, at(2)))
+	}
+	// a capture made while collecting, identical times but no bit 7: kept
+	py.Add(record.AppendPyGraphCapture(nil, &record.PyGraphCapture{StartNS: at(3), EndNS: at(3) + 15_000_000,
+		TID: 11, RuntimeMode: 2, NumTokens: 32, NumReqs: 32, Flags: 1 | 1<<6, Source: 3}))
+	dir := filepath.Join(t.TempDir(), "session_dormant")
+	if err := b.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := Export(dir, out); err != nil {
+		t.Fatal(err)
+	}
+	c := readCSV(t, filepath.Join(out, "cuda_graph_captures.csv"))
+	eq(t, "capture sizes", col(t, c, "num_tokens"), []string{"8", "16", "32"})
+	eq(t, "graphs per size", col(t, c, "graphs"), []string{"1", "1", "1"})
+}

@@ -294,7 +294,7 @@ func (st *Stream) decode(rec []byte) error {
 		}
 	case record.TypePyGraphCapture:
 		var x record.PyGraphCapture
-		if x, err = record.DecodePyGraphCapture(rec); err == nil {
+		if x, err = record.DecodePyGraphCapture(rec); err == nil && !dormantCaptureSeen(st.Captures, x) {
 			x.Desc = clone(x.Desc)
 			st.Captures = append(st.Captures, x)
 		}
@@ -466,4 +466,21 @@ func (s *Session) Sec(ns uint64) float64 {
 		return -float64(s.StartNs-ns) / 1e9
 	}
 	return float64(ns-s.StartNs) / 1e9
+}
+
+// dormantCaptureSeen: the hook writes the graphs captured while it was dormant (flags bit 7) at
+// every enable, so a session that enables twice holds them twice; the second copy is the same
+// capture (same thread, times and descriptor) and is left out.
+func dormantCaptureSeen(have []record.PyGraphCapture, x record.PyGraphCapture) bool {
+	if x.Flags&(1<<7) == 0 {
+		return false
+	}
+	for i := range have {
+		h := &have[i]
+		if h.Flags&(1<<7) != 0 && h.StartNS == x.StartNS && h.EndNS == x.EndNS && h.TID == x.TID &&
+			h.Source == x.Source && h.NumTokens == x.NumTokens && h.NumReqs == x.NumReqs {
+			return true
+		}
+	}
+	return false
 }
