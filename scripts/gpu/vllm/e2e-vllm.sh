@@ -34,13 +34,16 @@ unpack() { # tar.xz -> dir, once per content
   fi
 }
 t0=$(date +%s)
-unpack "$ROOT/.gpu-carry/dist.tar.xz" "$W/dist"
-unpack "$ROOT/.gpu-carry/site.tar.xz" "$W/site"
-echo "unpacked in $(( $(date +%s) - t0 )) s: $(cat "$W/site/PROVENANCE")"
-D=$W/dist
+# PM_E2E_DIST / PM_E2E_SITE: use an unpacked dist (a `make gpu-dist` .gpu/) or vLLM site instead
+# of .gpu-carry/ (a dry run of the stages' plumbing uses a stub vllm_load.py this way).
+D=${PM_E2E_DIST:-$W/dist}
+SITE=${PM_E2E_SITE:-$W/site}
+[ -n "${PM_E2E_DIST:-}" ] || unpack "$ROOT/.gpu-carry/dist.tar.xz" "$D"
+[ -n "${PM_E2E_SITE:-}" ] || unpack "$ROOT/.gpu-carry/site.tar.xz" "$SITE"
+echo "unpacked in $(( $(date +%s) - t0 )) s: $(cat "$SITE/PROVENANCE" 2>/dev/null || echo "site $SITE")"
 PMT=$D/profilemate-trace
 V=$D/vllm
-export PYTHONPATH=$W/site
+export PYTHONPATH=$SITE
 export VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-INFO} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 date -u +%FT%TZ | tee -a "$OUT/gpu.txt"
@@ -71,7 +74,7 @@ for st in $STAGES; do
   attach)
     for det in graph nodes; do
       rm -f "$W/go"
-      LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$W/site PROFILEMATE_PYHOOK_SPILL=0 \
+      LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$SITE PROFILEMATE_PYHOOK_SPILL=0 \
         "$PY" "$V/vllm_load.py" --model dense "${LOAD[@]}" --wait-attach "$W/go" --hold 14 \
         --out "$OUT/attach-$det.json" > "$OUT/attach-$det.log" 2>&1 &
       tp=$!
@@ -95,7 +98,7 @@ for st in $STAGES; do
       j=$OUT/ovh-$mode.json
       case $mode in
         untraced) "$PY" "$V/vllm_load.py" --model dense "${LOAD[@]}" --out "$j" > "$OUT/ovh-$mode.log" 2>&1 ;;
-        dormant) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$W/site PROFILEMATE_PYHOOK_SPILL=0 \
+        dormant) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$SITE PROFILEMATE_PYHOOK_SPILL=0 \
                    "$PY" "$V/vllm_load.py" --model dense "${LOAD[@]}" --out "$j" > "$OUT/ovh-$mode.log" 2>&1 ;;
         graph|nodes) "$PMT" run --detail $mode --no-bundle -o "$OUT/ovh-$mode" -- "$PY" "$V/vllm_load.py" --model dense \
                    "${LOAD[@]}" --out "$j" > "$OUT/ovh-$mode.log" 2>&1 ;;
@@ -122,7 +125,7 @@ for st in $STAGES; do
       case $proc in
         untraced) "$PY" "$V/vllm_load.py" "${args[@]}" > "$OUT/rot-$proc.log" 2>&1 & ;;
         torchprof) "$PY" "$V/vllm_load.py" "${args[@]}" --torch-profiler "$W/torchprof-rot" > "$OUT/rot-$proc.log" 2>&1 & ;;
-        preloaded) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$W/site PROFILEMATE_PYHOOK_SPILL=0 \
+        preloaded) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$SITE PROFILEMATE_PYHOOK_SPILL=0 \
                      "$PY" "$V/vllm_load.py" "${args[@]}" > "$OUT/rot-$proc.log" 2>&1 & ;;
       esac
       tp=$!
