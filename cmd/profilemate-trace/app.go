@@ -78,7 +78,7 @@ func logger(c *cli.Context) *slog.Logger {
 	if c.Bool("verbose") {
 		lvl = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	return slog.New(newCLIHandler(os.Stderr, lvl))
 }
 
 // sessionFlags are the session-writing options shared by run and attach.
