@@ -1282,8 +1282,16 @@ static int do_rearm(void)
 	char holder[256] = "";
 	pm_CUptiResult st = pm_subscribe(holder, sizeof holder);
 	if (st != PM_CUPTI_SUCCESS) {
-		emit_log(PM_LOG_WARN, "cupti_busy: %s (cuptiSubscribe error %d); still passive", holder[0] ? holder : "unknown",
-			 st);
+		/* busy only when another subscriber holds CUPTI (39); any other error (no driver: 999) is
+		 * cupti_unavailable, as at a preloaded start */
+		const char *rs = NULL;
+		if (st == PM_CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
+			emit_log(PM_LOG_WARN, "cupti_busy: %s (cuptiSubscribe error %d); still passive",
+				 holder[0] ? holder : "unknown", st);
+		else if (!G.GetResultString || G.GetResultString(st, &rs) != PM_CUPTI_SUCCESS || !rs)
+			emit_log(PM_LOG_WARN, "cupti_unavailable: cuptiSubscribe error %d; still passive", st);
+		else
+			emit_log(PM_LOG_WARN, "cupti_unavailable: cuptiSubscribe error %d %s; still passive", st, rs);
 		__atomic_store_n(&G.ring.hdr->producer_state, PM_STATE_PASSIVE, __ATOMIC_RELEASE);
 		return 0;
 	}

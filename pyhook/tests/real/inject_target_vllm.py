@@ -1,0 +1,199 @@
+"""Target for cmd/profilemate-trace TestAttachInjectPtraceRealVLLM: a process started with NOTHING
+of ours (no PYTHONPATH, no LD_PRELOAD, no PROFILEMATE_*; this file imports nothing from the
+repo, so profilemate_trace is not in sys.modules until the injected agent starts the hook) that
+builds REAL vLLM serving objects (a V1 Scheduler with its KVCacheManager / BlockPool, built as
+drive_real_vllm.build does; copied here because that module imports profilemate_trace) and serves
+requests that keep arriving, sleeping 20 ms between steps (clock_nanosleep) while a second thread
+is parked in read() on stdin: the safe points the ptrace loader picks from.
+
+Protocol (stdout, one line each): ``READY <pid> <num_gpu_blocks>`` once the first step ran; then
+per command on stdin: ``check`` -> ``CHECK <json>`` with every step's own counts (what this
+process scheduled) and, inside the target, whether every vLLM class / module attribute and the
+live objects' instance dicts are the original objects (identity), hook threads, ring fds and
+mappings; ``quit`` exits."""
+import inspect
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import types
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+BLOCK = 16
+
+
+def _params(f):
+    try:
+        return set(inspect.signature(f).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def build(num_blocks, block_size, max_tokens, max_seqs, max_model_len=512):
+    import torch
+    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    md = tempfile.mkdtemp(prefix="pm-tiny-llama-")
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+           "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
+           "num_hidden_layers": 2, "vocab_size": 1024, "max_position_embeddings": 32768,
+           "rms_norm_eps": 1e-5, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+    with open(os.path.join(md, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    model_config = ModelConfig(model=md, tokenizer=md, skip_tokenizer_init=True, dtype="float32",
+                               max_model_len=max_model_len, seed=0)
+    scheduler_config = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens,
+                                       max_model_len=max_model_len, is_encoder_decoder=False,
+                                       enable_chunked_prefill=True)
+    cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=True)
+    vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
+                             cache_config=cache_config, device_config=DeviceConfig(device="cpu"))
+    spec_kw = dict(block_size=block_size, num_kv_heads=1, head_size=8, dtype=torch.float32)
+    if "use_mla" in _params(FullAttentionSpec):
+        spec_kw["use_mla"] = False
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks, kv_cache_tensors=[],
+        kv_cache_groups=[KVCacheGroupSpec(["layer.0"], FullAttentionSpec(**spec_kw))])
+    cache_config.num_gpu_blocks = num_blocks
+    kw = dict(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
+              structured_output_manager=StructuredOutputManager(vllm_config), log_stats=True)
+    if "block_size" in _params(Scheduler.__init__):
+        kw["block_size"] = block_size
+    return Scheduler(**kw)
+
+
+def request_factory():
+    """make(i, n_prompt, max_tokens); vLLM's NONE_HASH global is initialised once, here, before
+    the identity snapshot (drive_real_vllm.make_request re-initialises it per request)."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request
+
+    kw = {}
+    if "eos_token_id" in _params(Request.__init__):
+        kw["eos_token_id"] = 2
+    try:
+        try:
+            from vllm.utils.hashing import sha256
+        except ImportError:
+            from vllm.utils import sha256
+        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+
+        init_none_hash(sha256)
+        kw["block_hasher"] = get_request_block_hasher(BLOCK, sha256)
+    except Exception:
+        pass
+
+    def make(i, n_prompt, max_tokens):
+        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        return Request("req-%d" % i, [10 + (i * 7 + j) % 900 for j in range(n_prompt)], sp, None, **kw)
+
+    return make
+
+
+def snapshot(prefix="vllm"):
+    snap = {}
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not (name == prefix or name.startswith(prefix + ".")):
+            continue
+        for k, v in list(vars(mod).items()):
+            snap[(name, None, k)] = v
+            if isinstance(v, type) and getattr(v, "__module__", None) == name:
+                for ak, av in list(vars(v).items()):
+                    snap[(name, k, ak)] = av
+    return snap
+
+
+def changed(before, after):
+    mods = {k[0] for k in before}
+    diff = [k for k in before if k in after and after[k] is not before[k]]
+    diff += [("added",) + k for k in after if k not in before and k[0] in mods
+             and not isinstance(after[k], types.ModuleType)]
+    diff += [("removed",) + k for k in before if k not in after]
+    return diff
+
+
+def main():
+    import dataclasses
+
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    required = {f.name for f in dataclasses.fields(ModelRunnerOutput)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    s = build(num_blocks=48, block_size=BLOCK, max_tokens=64, max_seqs=4)
+    pool = s.kv_cache_manager.block_pool
+    make = request_factory()
+    lock = threading.Lock()
+    steps = []  # per step: [tokens, reqs, kv free after schedule, after update]
+
+    def step(k):
+        if k % 3 == 0:  # requests keep arriving: varied prompt and output lengths
+            s.add_request(make(k, 9 + (k * 13) % 70, 2 + k % 7))
+        so = s.schedule()
+        free_sched = pool.get_num_free_blocks()
+        ids = list(so.num_scheduled_tokens)
+        sampled = [[5] if s.requests[r].num_computed_tokens >= s.requests[r].num_tokens else [] for r in ids]
+        kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
+            if opt in required:
+                kw[opt] = val
+        s.update_from_output(so, ModelRunnerOutput(**kw))
+        with lock:
+            steps.append([so.total_num_scheduled_tokens, len(ids), free_sched, pool.get_num_free_blocks()])
+
+    step(0)
+    snap = snapshot()
+    objs = {"scheduler": s, "kv_cache_manager": s.kv_cache_manager, "block_pool": pool}
+    objs.update({"coordinator": getattr(s.kv_cache_manager, "coordinator", None)})
+    objs = {k: (o, dict(vars(o))) for k, o in objs.items() if o is not None}
+    stop = threading.Event()
+
+    def check():
+        after = snapshot()
+        inst = {}
+        for k, (o, d0) in objs.items():
+            d = vars(o)
+            inst[k] = sorted(set(d) ^ set(d0)) + [a for a in d0 if a in d and d[a] is not d0[a] and callable(d0[a])]
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink("/proc/self/fd/" + fd)
+            except OSError:
+                continue
+            if "memfd:profilemate" in link or "/profilemate-inject-" in link:
+                fds.append(link)
+        with open("/proc/self/maps") as f:
+            maps = [line.split()[-1] for line in f if "memfd:profilemate" in line]
+        with lock:
+            st = [list(x) for x in steps]
+        return {"steps": st, "changed": [list(map(str, k)) for k in changed(snap, after)],
+                "instances": inst, "threads": [t.name for t in threading.enumerate() if t.name.startswith("pm-")],
+                "fds": fds, "maps": maps, "hook_imported": "profilemate_trace" in sys.modules,
+                "num_gpu_blocks": pool.num_gpu_blocks, "free_now": pool.get_num_free_blocks()}
+
+    def control():  # parked in read() on stdin: a safe point for the loader
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd == "check":
+                print("CHECK " + json.dumps(check()), flush=True)
+            elif cmd == "quit":
+                break
+        stop.set()
+
+    threading.Thread(target=control, name="control", daemon=True).start()
+    print("READY %d %d" % (os.getpid(), pool.num_gpu_blocks), flush=True)
+    k = 1
+    while not stop.is_set():
+        step(k)
+        k += 1
+        time.sleep(0.02)  # clock_nanosleep: the main thread parks between steps
+
+
+if __name__ == "__main__":
+    main()
