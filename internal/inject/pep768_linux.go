@@ -508,20 +508,16 @@ func pep768MemErr(pid int, what string, err error) error {
 // pep768Alive returns ErrTargetGone for an exited (zombie or dead) process, pyproc.ErrNoProcess
 // for a pid that does not exist.
 func pep768Alive(pid int) error {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := readStatState(pid)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("pid %d: %w", pid, pyproc.ErrNoProcess)
 		}
 		return nil
 	}
-	// The state follows the command name, which is in parentheses and may contain any byte.
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		switch s[i+2] {
-		case 'Z', 'X', 'x':
-			return fmt.Errorf("pid %d: %w", pid, ErrTargetGone)
-		}
+	switch st {
+	case 'Z', 'X', 'x':
+		return fmt.Errorf("pid %d: %w", pid, ErrTargetGone)
 	}
 	return nil
 }

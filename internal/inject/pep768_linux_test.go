@@ -357,9 +357,7 @@ func TestPEP768OldPython(t *testing.T) {
 }
 
 func TestPEP768NotPython(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("test requires root")
-	}
+	requirePrivileged(t)
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -372,8 +372,12 @@ func targetIDs(pid int) (uid, gid int, err error) {
 	return uid, gid, nil
 }
 
-func readStatState(pid int) (byte, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+func readStatState(pid int) (byte, error) { return statState(strconv.Itoa(pid)) }
+
+// statState returns the state letter of /proc/<proc>/stat (proc is "PID" or "PID/task/TID"). The
+// state follows the command name, which is in parentheses and may contain any byte.
+func statState(proc string) (byte, error) {
+	b, err := os.ReadFile("/proc/" + proc + "/stat")
 	if err != nil {
 		return 0, err
 	}
@@ -392,10 +396,6 @@ func processGone(pid int) bool {
 
 // threadGone says whether thread tid of pid exited or is exiting.
 func threadGone(pid, tid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
-	if err != nil {
-		return true
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
+	st, err := statState(fmt.Sprintf("%d/task/%d", pid, tid))
+	return err != nil || st == 'Z' || st == 'X'
 }
