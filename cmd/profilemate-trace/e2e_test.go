@@ -106,12 +106,7 @@ func TestRunEndToEndWithAgent(t *testing.T) {
 // `run` with eBPF on a CPython program whose vLLM-shaped phases launch through a fake
 // libcuda: every launch lands in the session with its phase. Needs root (CI runs as root).
 func TestRunWithEBPFPhases(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("test requires root; CI runs as root, so this is a failure")
-		}
-		t.Skip("test requires root")
-	}
+	requireRoot(t)
 	root, _ := filepath.Abs("../..")
 	lib := filepath.Join(t.TempDir(), "libcuda.so.1")
 	if out, err := exec.Command("cc", "-O0", "-fno-omit-frame-pointer", "-fcf-protection=none", "-fPIC", "-shared",
@@ -166,12 +161,7 @@ func TestRunWithEBPFPhases(t *testing.T) {
 // pid, records the namespace pid, and maps the namespace thread ids that CUPTI reports to
 // host thread ids. Needs root for unshare (CI runs as root).
 func TestRunInPidNamespace(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("test requires root; CI runs as root, so this is a failure")
-		}
-		t.Skip("test requires root")
-	}
+	requireRoot(t)
 	agent, lib := testlibs(t)
 	t.Setenv("LD_LIBRARY_PATH", lib)
 	t.Setenv("PROFILEMATE_CUPTI_PATH", filepath.Join(lib, "libcupti.so.13"))
@@ -227,5 +217,17 @@ func TestRunInPidNamespace(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no CUPTI stream from the namespaced process")
+	}
+}
+
+// requireRoot skips a test that needs root, except under CI=true (CI runs as root), where the
+// skip would hide a broken setup: there it fails.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("test requires root; CI runs as root, so this is a failure")
+		}
+		t.Skip("test requires root")
 	}
 }

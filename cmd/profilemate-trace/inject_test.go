@@ -26,12 +26,7 @@ func requireInjectable(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
 		t.Skip("ptrace injection is x86-64 only")
 	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("test requires root; CI runs as root, so this is a failure")
-		}
-		t.Skip("test requires root")
-	}
+	requireRoot(t)
 }
 
 // pythons returns the CPython interpreters 3.10-3.13 present (pyenv's, as CI installs them, else
