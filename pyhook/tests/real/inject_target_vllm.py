@@ -1,8 +1,8 @@
 """Target for cmd/profilemate-trace TestAttachInjectPtraceRealVLLM: a process started with NOTHING
 of ours (no PYTHONPATH, no LD_PRELOAD, no PROFILEMATE_*; this file imports nothing from the
 repo, so profilemate_trace is not in sys.modules until the injected agent starts the hook) that
-builds REAL vLLM serving objects (a V1 Scheduler with its KVCacheManager / BlockPool, built as
-drive_real_vllm.build does; copied here because that module imports profilemate_trace) and serves
+builds REAL vLLM serving objects (a V1 Scheduler with its KVCacheManager / BlockPool, from
+vllm_objects.build, which imports nothing of ours) and serves
 requests that keep arriving, sleeping 20 ms between steps (clock_nanosleep) while a second thread
 is parked in read() on stdin: the safe points the ptrace loader picks from.
 
@@ -11,11 +11,9 @@ per command on stdin: ``check`` -> ``CHECK <json>`` with every step's own counts
 process scheduled) and, inside the target, whether every vLLM class / module attribute and the
 live objects' instance dicts are the original objects (identity), hook threads, ring fds and
 mappings; ``quit`` exits."""
-import inspect
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -26,47 +24,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 BLOCK = 16
 
 
-def _params(f):
-    try:
-        return set(inspect.signature(f).parameters)
-    except (TypeError, ValueError):
-        return set()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vllm_objects import _params  # noqa: E402  (imports nothing of ours)
+from vllm_objects import build as _build  # noqa: E402
 
 
 def build(num_blocks, block_size, max_tokens, max_seqs, max_model_len=512):
-    import torch
-    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
-    from vllm.v1.core.sched.scheduler import Scheduler
-    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
-    from vllm.v1.structured_output import StructuredOutputManager
-
-    md = tempfile.mkdtemp(prefix="pm-tiny-llama-")
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-           "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
-           "num_hidden_layers": 2, "vocab_size": 1024, "max_position_embeddings": 32768,
-           "rms_norm_eps": 1e-5, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
-    with open(os.path.join(md, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    model_config = ModelConfig(model=md, tokenizer=md, skip_tokenizer_init=True, dtype="float32",
-                               max_model_len=max_model_len, seed=0)
-    scheduler_config = SchedulerConfig(max_num_seqs=max_seqs, max_num_batched_tokens=max_tokens,
-                                       max_model_len=max_model_len, is_encoder_decoder=False,
-                                       enable_chunked_prefill=True)
-    cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=True)
-    vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
-                             cache_config=cache_config, device_config=DeviceConfig(device="cpu"))
-    spec_kw = dict(block_size=block_size, num_kv_heads=1, head_size=8, dtype=torch.float32)
-    if "use_mla" in _params(FullAttentionSpec):
-        spec_kw["use_mla"] = False
-    kv_cache_config = KVCacheConfig(
-        num_blocks=num_blocks, kv_cache_tensors=[],
-        kv_cache_groups=[KVCacheGroupSpec(["layer.0"], FullAttentionSpec(**spec_kw))])
-    cache_config.num_gpu_blocks = num_blocks
-    kw = dict(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
-              structured_output_manager=StructuredOutputManager(vllm_config), log_stats=True)
-    if "block_size" in _params(Scheduler.__init__):
-        kw["block_size"] = block_size
-    return Scheduler(**kw)
+    return _build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching=True, max_model_len=max_model_len)[1]
 
 
 def request_factory():
