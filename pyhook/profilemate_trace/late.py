@@ -111,13 +111,8 @@ def read_conf(path):
 
 
 def _log_to(path, msg):
-    if not path:
-        return
-    try:
-        with open(path, "a") as f:
-            f.write("%s pid %d [profilemate] pyhook: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), msg))
-    except Exception:
-        pass
+    if path:
+        rt.log_to_file(path, msg)
 
 
 # ---- public API ----------------------------------------------------------------------------

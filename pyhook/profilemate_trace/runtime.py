@@ -45,16 +45,21 @@ _late_started_ns = 0
 late_graphs = ""      # late start: evidence that CUDA graphs were captured before attach ("" none)
 
 
+def log_to_file(path, msg):
+    """One timestamped, prefixed line appended to path (an injected hook's log); never raises."""
+    try:
+        with open(path, "a") as f:
+            f.write("%s pid %d [profilemate] pyhook: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), msg))
+    except Exception:
+        pass
+
+
 def log(msg):
     """One line on stderr (or, when injected, in the configured log file), prefixed; never raises."""
-    line = "[profilemate] pyhook: %s\n" % msg
     if _log_path:
-        try:
-            with open(_log_path, "a") as f:
-                f.write("%s pid %d %s" % (time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), line))
-        except Exception:
-            pass
+        log_to_file(_log_path, msg)
         return
+    line = "[profilemate] pyhook: %s\n" % msg
     try:
         sys.stderr.write(line)
         sys.stderr.flush()
