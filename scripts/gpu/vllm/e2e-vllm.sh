@@ -14,6 +14,8 @@
 #   moe       `run` at graph detail with the Mixtral-style MoE model
 #   overhead  one engine per mode, same load: untraced, dormant, graph, nodes, torch.profiler;
 #             output tokens/s and p50 time per output token, from vLLM's own request stats
+#   rotate    the same, modes interleaved inside two engines (untraced/torch.profiler; dormant/
+#             graph/graph --no-ebpf/graph --sample-every 10/nodes), PM_E2E_REPS loads per mode
 #   tp2       `run` with tensor parallelism 2 (needs two GPUs)
 # Everything lands in $PM_E2E_OUT (default /tmp/pm-e2e/out); each stage prints PASS/FAIL lines and the
 # numbers that go into docs/benchmarks.md.
@@ -111,39 +113,60 @@ for st in $STAGES; do
     done
     ;;
   rotate)
-    # Overhead inside one engine: the same load PM_E2E_REPS times per mode, modes interleaved.
-    # untraced and torch.profiler (vLLM's start/stop_profile around each load) get an engine
-    # each; dormant/graph/nodes share one engine started with the agent and hook preloaded,
-    # with `attach` at graph or nodes for the loads of those modes. Per-load results in
-    # rotate.jsonl; scripts/gpu/vllm/rotate_report.py summarises them.
+    # Overhead inside one engine: the same load repeated, the tracing mode changed between loads,
+    # modes interleaved, round 0 a warm-up (Triton compiles, allocator growth) left out.
+    # Engine "plain" (nothing of ours): untraced and torch.profiler loads alternate (vLLM's
+    #   start/stop_profile around a load; the go file says which).
+    # Engine "pre" (agent + hook preloaded, PROFILEMATE_ARM=graph so GRAPH_TRACE is on from cuInit
+    #   as under `run`): dormant, then `attach` at graph, graph --no-ebpf, graph --sample-every 10,
+    #   nodes. Each attach is waited for (its streams found) before the load starts.
+    # Per-load rows in rotate.jsonl (and $PM_E2E_RESULTS/rotate.jsonl as they come, so a cut-off
+    # run keeps what it measured); scripts/gpu/vllm/rotate_report.py summarises them.
     R=${PM_E2E_REPS:-3}
     : > "$OUT/rotate.jsonl"
-    for proc in untraced torchprof preloaded; do
+    for proc in ${PM_E2E_ROT_ENGINES:-pre plain}; do
       sync=$W/sync-$proc; rm -rf "$sync"; mkdir -p "$sync"
-      n=$R; modes=($proc); [ $proc = preloaded ] && { n=$((3 * R)); modes=(dormant graph nodes); }
+      case $proc in
+        plain) modes=(untraced torchprof) ;;
+        pre) modes=(${PM_E2E_ROT_MODES:-dormant graph graph-noebpf graph-s10 nodes}) ;;
+      esac
+      n=$((1 + R * ${#modes[@]}))
       args=(--model dense "${LOAD[@]}" --rounds $n --round-sync "$sync" --out "$OUT/rot-$proc.json")
       case $proc in
-        untraced) "$PY" "$V/vllm_load.py" "${args[@]}" > "$OUT/rot-$proc.log" 2>&1 & ;;
-        torchprof) "$PY" "$V/vllm_load.py" "${args[@]}" --torch-profiler "$W/torchprof-rot" > "$OUT/rot-$proc.log" 2>&1 & ;;
-        preloaded) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$SITE PROFILEMATE_PYHOOK_SPILL=0 \
-                     "$PY" "$V/vllm_load.py" "${args[@]}" > "$OUT/rot-$proc.log" 2>&1 & ;;
+        plain) "$PY" "$V/vllm_load.py" "${args[@]}" --torch-profiler "$W/torchprof-rot" > "$OUT/rot-$proc.log" 2>&1 & ;;
+        pre) LD_PRELOAD=$D/libprofilemate.so PYTHONPATH=$D/pyhook:$SITE PROFILEMATE_PYHOOK_SPILL=0 PROFILEMATE_ARM=graph \
+               "$PY" "$V/vllm_load.py" "${args[@]}" > "$OUT/rot-$proc.log" 2>&1 & ;;
       esac
       tp=$!
       for i in $(seq 0 $((n - 1))); do
-        for _ in $(seq 1 1200); do grep -q "^ROUND $i\$" "$OUT/rot-$proc.log" && break; kill -0 $tp 2>/dev/null || break; sleep 0.25; done
+        for _ in $(seq 1 2400); do grep -q "^ROUND $i\$" "$OUT/rot-$proc.log" && break; kill -0 $tp 2>/dev/null || break; sleep 0.25; done
         grep -q "^ROUND $i\$" "$OUT/rot-$proc.log" || { echo "FAIL rotate $proc: round $i never came"; tail -20 "$OUT/rot-$proc.log"; break; }
-        mode=${modes[$((i % ${#modes[@]}))]}
-        [ $mode = dormant ] && [ $i -gt 0 ] && mode=after-detach   # CUPTI was armed by an earlier attach
-        ap=
-        if [ $mode = graph ] || [ $mode = nodes ]; then
-          "$PMT" attach --pid $tp --detail $mode --no-bundle -o "$W/rot-attach" > "$OUT/rot-attach-$i.log" 2>&1 &
+        mode=warmup; [ $i -gt 0 ] && mode=${modes[$(((i - 1) % ${#modes[@]}))]}
+        [ $proc = pre ] && [ $mode = warmup ] && mode=warmup-dormant
+        ap=; aflags=()
+        case $mode in
+          graph) aflags=(--detail graph) ;;
+          graph-noebpf) aflags=(--detail graph --no-ebpf) ;;
+          graph-s10) aflags=(--detail graph --sample-every 10) ;;
+          nodes) aflags=(--detail nodes) ;;
+        esac
+        if [ ${#aflags[@]} -gt 0 ]; then
+          alog=$OUT/rot-attach-$i.log
+          "$PMT" attach --pid $tp "${aflags[@]}" --verbose --log-interval 100000000 --no-bundle -o "$W/rot-attach" > "$alog" 2>&1 &
           ap=$!
-          sleep 6   # eBPF load, ring discovery, enable
+          # ready: the engine core's streams found (one collector scan finds them all), then
+          # time for the enable to be applied
+          for _ in $(seq 1 600); do [ "$(grep -c 'stream found' "$alog")" -ge 2 ] && break; kill -0 $ap 2>/dev/null || break; sleep 0.1; done
+          sleep 2
+          echo "attach $mode ready: $(grep -c 'stream found' "$alog") streams"
         fi
-        touch "$sync/go.$i"
-        for _ in $(seq 1 1200); do [ -f "$sync/res.$i.json" ] && break; kill -0 $tp 2>/dev/null || break; sleep 0.1; done
+        echo $mode > "$sync/go.tmp" && mv "$sync/go.tmp" "$sync/go.$i"   # whole, or not there
+        for _ in $(seq 1 2400); do [ -f "$sync/res.$i.json" ] && break; kill -0 $tp 2>/dev/null || break; sleep 0.1; done
         if [ -n "$ap" ]; then kill -INT $ap; wait $ap; fi
-        echo "{\"mode\": \"$mode\", \"r\": $(cat "$sync/res.$i.json" 2>/dev/null || echo null)}" | tee -a "$OUT/rotate.jsonl"
+        row="{\"engine\": \"$proc\", \"mode\": \"$mode\", \"r\": $(cat "$sync/res.$i.json" 2>/dev/null || echo null)}"
+        echo "$row" >> "$OUT/rotate.jsonl"
+        [ -n "${PM_E2E_RESULTS:-}" ] && { mkdir -p "$PM_E2E_RESULTS"; echo "$row" >> "$PM_E2E_RESULTS/rotate.jsonl"; }
+        echo "$row" | cut -c1-220
       done
       wait $tp
     done

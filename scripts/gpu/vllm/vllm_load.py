@@ -103,7 +103,8 @@ def main():
     ap.add_argument("--wait-attach", default="")
     ap.add_argument("--hold", type=float, default=0)
     ap.add_argument("--rounds", type=int, default=0,
-                    help="overhead mode: N measured loads, each gated by --round-sync DIR (go.I before, res.I.json after)")
+                    help="overhead mode: N measured loads, each gated by --round-sync DIR (go.I before, res.I.json after; "
+                         "with --torch-profiler, a go.I holding 'torchprof' profiles that load)")
     ap.add_argument("--round-sync", default="")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -151,11 +152,13 @@ def main():
             deadline = time.monotonic() + 300
             while not os.path.exists(go) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if a.torch_profiler:
+            # with --torch-profiler, only the loads whose go file says "torchprof" are profiled
+            prof = a.torch_profiler and open(go).read().strip() == "torchprof"
+            if prof:
                 llm.start_profile()
             b = metric_values(llm)
             o, w = load(requests(a.requests, 2))
-            if a.torch_profiler:
+            if prof:
                 llm.stop_profile()
             r = summarize(o, w, metric_values(llm), b)
             r["round"] = i
