@@ -13,6 +13,18 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type pmTracerPmChain struct {
+	_ structs.HostLayout
+	E [256]struct {
+		_     structs.HostLayout
+		Code  uint64
+		Tag   uint64
+		Phase uint16
+		Mru   uint16
+		Pad   uint32
+	}
+}
+
 type pmTracerPmCodeKey struct {
 	_     structs.HostLayout
 	Space uint32
@@ -97,10 +109,12 @@ type pmTracerPmTstateKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	pmTracerMapPmChains            = "pm_chains"
 	pmTracerMapPmCodes             = "pm_codes"
 	pmTracerMapPmCounters          = "pm_counters"
 	pmTracerMapPmDrops             = "pm_drops"
 	pmTracerMapPmEvents            = "pm_events"
+	pmTracerMapPmGen               = "pm_gen"
 	pmTracerMapPmPids              = "pm_pids"
 	pmTracerMapPmPyconfs           = "pm_pyconfs"
 	pmTracerMapPmSyncPending       = "pm_sync_pending"
@@ -184,10 +198,12 @@ type pmTracerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pmTracerMapSpecs struct {
+	PmChains       *ebpf.MapSpec `ebpf:"pm_chains"`
 	PmCodes        *ebpf.MapSpec `ebpf:"pm_codes"`
 	PmCounters     *ebpf.MapSpec `ebpf:"pm_counters"`
 	PmDrops        *ebpf.MapSpec `ebpf:"pm_drops"`
 	PmEvents       *ebpf.MapSpec `ebpf:"pm_events"`
+	PmGen          *ebpf.MapSpec `ebpf:"pm_gen"`
 	PmPids         *ebpf.MapSpec `ebpf:"pm_pids"`
 	PmPyconfs      *ebpf.MapSpec `ebpf:"pm_pyconfs"`
 	PmSyncPending  *ebpf.MapSpec `ebpf:"pm_sync_pending"`
@@ -235,10 +251,12 @@ func (o *pmTracerObjects) Close() error {
 //
 // It can be passed to loadPmTracerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pmTracerMaps struct {
+	PmChains       *ebpf.Map `ebpf:"pm_chains"`
 	PmCodes        *ebpf.Map `ebpf:"pm_codes"`
 	PmCounters     *ebpf.Map `ebpf:"pm_counters"`
 	PmDrops        *ebpf.Map `ebpf:"pm_drops"`
 	PmEvents       *ebpf.Map `ebpf:"pm_events"`
+	PmGen          *ebpf.Map `ebpf:"pm_gen"`
 	PmPids         *ebpf.Map `ebpf:"pm_pids"`
 	PmPyconfs      *ebpf.Map `ebpf:"pm_pyconfs"`
 	PmSyncPending  *ebpf.Map `ebpf:"pm_sync_pending"`
@@ -248,10 +266,12 @@ type pmTracerMaps struct {
 
 func (m *pmTracerMaps) Close() error {
 	return _PmTracerClose(
+		m.PmChains,
 		m.PmCodes,
 		m.PmCounters,
 		m.PmDrops,
 		m.PmEvents,
+		m.PmGen,
 		m.PmPids,
 		m.PmPyconfs,
 		m.PmSyncPending,

@@ -61,6 +61,8 @@ type Tracer struct {
 	pyconf *ebpf.Map
 	tstate *ebpf.Map
 	codes  *ebpf.Map
+	gen    *ebpf.Map // pm_gen: bumped after every change to codes (invalidates the BPF walk memory)
+	genN   uint32
 	count  *ebpf.Map
 	drops  *ebpf.Map
 	tps    []link.Link
@@ -138,7 +140,7 @@ func New(cfg Config) (_ *Tracer, err error) {
 	}
 	m := t.coll.Maps
 	t.events, t.pids, t.pyconf, t.tstate = m["pm_events"], m["pm_pids"], m["pm_pyconfs"], m["pm_tstates"]
-	t.codes, t.count, t.drops = m["pm_codes"], m["pm_counters"], m["pm_drops"]
+	t.codes, t.count, t.drops, t.gen = m["pm_codes"], m["pm_counters"], m["pm_drops"], m["pm_gen"]
 	for _, name := range []string{progFork, progExec, progExit} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: t.coll.Programs[name]})
 		if err != nil {
@@ -347,6 +349,17 @@ func (t *Tracer) purgeMaps(pid, space uint32) {
 	for _, k := range cdel {
 		t.codes.Delete(k)
 	}
+	t.codesChanged()
+}
+
+// codesChanged tells the BPF walks that pm_codes changed: what each thread's earlier walks
+// remember (pm_chains) is tagged with the generation and stops counting. Called with t.mu held,
+// after the change, so a walk that sees the new generation also sees the new codes.
+func (t *Tracer) codesChanged() {
+	t.genN++
+	if err := t.gen.Update(uint32(0), t.genN, ebpf.UpdateAny); err != nil {
+		t.log.Warn("bumping the code generation", "error", err)
+	}
 }
 
 // tryAttach completes what is missing for p: CPython discovery, then libcuda probes. Called
@@ -476,6 +489,7 @@ func (t *Tracer) markPhase(p *proc, code uint64, phase uint16) {
 	if err := t.codes.Update(k, bpf.CodeVal{Phase: phase}, ebpf.UpdateAny); err != nil {
 		t.log.Warn("marking phase code", "pid", p.pid, "error", err)
 	}
+	t.codesChanged()
 }
 
 func (t *Tracer) fillThreads(p *proc, threads []pyproc.Thread) {

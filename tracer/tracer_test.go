@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/profilemate/profilemate-trace/bpf"
 	"github.com/profilemate/profilemate-trace/internal/pyproc/pyproctest"
 	"github.com/profilemate/profilemate-trace/internal/record"
@@ -593,5 +592,107 @@ func TestPerfUprobeFallback(t *testing.T) {
 	}
 	if uprobeEventsMention(fakeCuda(t)) {
 		t.Fatal("uprobe_events still mentions the fake libcuda")
+	}
+}
+
+// TestWalkMemoryFollowsPhaseChanges: the walks on each CPU remember which code objects are phases
+// (pm_chains), so steady launches need no pm_codes lookup (flag bit 5) — and when user space marks
+// a code object as a phase after the walks remembered it as "not a phase", the very next walks
+// must see the phase (pm_gen), with exact counts.
+func TestWalkMemoryFollowsPhaseChanges(t *testing.T) {
+	requirePrivileged(t)
+	for _, py := range supportedPythons(t) {
+		t.Run(filepath.Base(py), func(t *testing.T) {
+			w := startWorkload(t, py, fmt.Sprint(steps))
+			tab, _ := LoadPhaseTable("")
+			tr, err := New(Config{Phases: tab})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			if err := tr.Attach(w.pid); err != nil {
+				t.Fatal(err)
+			}
+			c := &collector{}
+			ctx, cancel := context.WithCancel(context.Background())
+			runErr := make(chan error, 1)
+			go func() { runErr <- tr.Run(ctx, c.sink) }()
+			launches := func() []record.EbpfLaunch {
+				var out []record.EbpfLaunch
+				for _, b := range c.of(w.pid, record.TypeEbpfLaunch) {
+					r, err := record.DecodeEbpfLaunch(b)
+					if err != nil {
+						t.Fatal(err)
+					}
+					out = append(out, r)
+				}
+				return out
+			}
+			// Round 1 fills the memory; round 2 must run on it.
+			w.round(t)
+			w.round(t)
+			time.Sleep(200 * time.Millisecond)
+			l12 := launches()
+			known, deep := 0, 0
+			for _, r := range l12[len(l12)/2:] {
+				if r.Depth >= 20 { // the launches inside layer(), 21 frames below execute_model
+					deep++
+					if r.Flags&32 != 0 {
+						known++
+					}
+				}
+			}
+			if deep == 0 || known < deep*9/10 {
+				t.Fatalf("round 2: %d of %d deep launches walked without a pm_codes lookup, want ≥ 90 %%", known, deep)
+			}
+
+			// Mark layer() — remembered as "not a phase" — as the (otherwise unused) phase
+			// runner.model_forward.
+			var layer uint64
+			for _, b := range c.of(w.pid, record.TypeEbpfCodeInfo) {
+				if ci, _ := record.DecodeEbpfCodeInfo(b); strings.HasPrefix(string(ci.Name), "layer\t") {
+					layer = ci.Code
+				}
+			}
+			mf := uint16(0)
+			for i, n := range tab.Phases() {
+				if n == "runner.model_forward" {
+					mf = uint16(i + 1)
+				}
+			}
+			if layer == 0 || mf == 0 {
+				t.Fatalf("layer() code object %#x, runner.model_forward id %d", layer, mf)
+			}
+			tr.mu.Lock()
+			tr.markPhase(tr.procs[w.pid], layer, mf)
+			tr.mu.Unlock()
+
+			w.round(t)
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+			if err := <-runErr; err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]uint64{}
+			for _, r := range launches()[len(l12):] {
+				if r.Depth >= 2 && r.PhaseCode == layer {
+					got[key(tab, r.Phase, r.API)]++
+				}
+				if tab.Name(r.Phase) == "runner.execute_model" && r.API != 0 {
+					if a, _ := APIByID(r.API); strings.HasPrefix(a.Symbol, "cuLaunchKernel") || a.Symbol == "cuGraphLaunch" {
+						t.Errorf("after the mark, a %s inside layer() still attributed to runner.execute_model (depth %d, flags %#x)", a.Symbol, r.Depth, r.Flags)
+						break
+					}
+				}
+			}
+			want := map[string]uint64{
+				"runner.model_forward/cuLaunchKernel":   5 * steps,
+				"runner.model_forward/cuLaunchKernelEx": steps,
+				"runner.model_forward/cuGraphLaunch":    steps,
+			}
+			if d := diff(got, want); d != "" {
+				t.Fatalf("round 3, after marking layer() as a phase:\n%s", d)
+			}
+		})
 	}
 }

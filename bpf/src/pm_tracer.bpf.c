@@ -17,6 +17,10 @@
 // walks at most pm_max_depth frames from the current frame towards the entry frame and stops at
 // the first code object that the tracer marked as a phase function in pm_codes. Code objects it
 // has not seen before are reported once per process (ebpf_code_seen) so user space can name them.
+// Each CPU keeps a small 2-way set-associative cache of what earlier walks on it learnt (pm_chains:
+// code object -> phase or not), so a frame whose code it holds needs no pm_codes lookup; its
+// answers are exactly the lookups' answers, tagged with the code space (a process image) and
+// pm_gen, which user space bumps whenever it changes pm_codes.
 // Never the "current" tstate: PyTorch releases the GIL around the launch.
 
 #include "vmlinux.h"
@@ -44,6 +48,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define PM_F_READ_FAIL 4
 #define PM_F_GILSTATE 8
 #define PM_F_NO_PYCONF 16
+#define PM_F_CHAIN_KNOWN 32 // every code on the walk was known from earlier walks (pm_chains): no pm_codes lookup
 
 // Drop reasons (ebpf_drops.reason), index into pm_drops.
 #define PM_DROP_RINGBUF 1
@@ -56,6 +61,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define PM_MAX_DEPTH 96 // hard bound of the frame walk; pm_cfg.max_depth may lower it
 #define PM_NONE 0xffffffffu
 #define PM_WIN_MAX 80 // bytes of a frame read per step (3.12+: code@0 .. owner@70/74)
+#define PM_CHAIN_SETS 128 // code objects remembered per CPU (pm_chains): 128 sets of 2
 
 // Per-process CPython layout, written by the tracer at attach (tracer/pyconf.go mirrors it via bpf2go).
 struct pm_pyconf {
@@ -107,6 +113,20 @@ struct pm_counter_val {
 	__u64 bytes;
 };
 
+// What the walks on one CPU learnt about one code object: tag = code space << 32 | pm_gen at the
+// time of the lookup; phase = pm_codes' phase for it (0 = not a phase).
+struct pm_chain_ent {
+	__u64 code;
+	__u64 tag;
+	__u16 phase;
+	__u16 mru; // in a set's first entry: the way used last (the other one is replaced)
+	__u32 pad;
+};
+
+struct pm_chain {
+	struct pm_chain_ent e[2 * PM_CHAIN_SETS];
+};
+
 struct pm_sync_state {
 	struct pm_rec_ebpf_sync rec;
 };
@@ -150,6 +170,23 @@ struct {
 	__type(key, struct pm_code_key);
 	__type(value, struct pm_code_val);
 } pm_codes SEC(".maps");
+
+// Per-CPU walk memory (see the top of this file), 6 KiB per CPU. A uprobe program runs to the
+// end on one CPU, so nothing else writes this CPU's copy meanwhile.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_chain);
+} pm_chains SEC(".maps");
+
+// pm_gen[0]: bumped by user space after every change to pm_codes; invalidates pm_chains.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} pm_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -285,6 +322,10 @@ struct pm_walk_ctx {
 	__u64 mask;
 	__u32 emitted;
 	__u32 stop;
+	__u64 tag;             // code space << 32 | pm_gen
+	struct pm_chain *ch;   // this CPU's walk memory
+	__u32 looked_up;       // 1 once this walk made a pm_codes lookup
+	__u32 pad2;
 	struct pm_walk *w;
 };
 
@@ -328,23 +369,57 @@ static long pm_walk_step(__u64 i, void *arg)
 		return 0;
 	if (!w->py_code)
 		w->py_code = code;
-	struct pm_code_key ck = {.space = c->space, .code = code};
-	struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
-	if (cv) {
-		if (cv->phase) {
-			w->phase = cv->phase;
-			w->phase_code = code;
-			c->stop = 1;
-			return 1;
+	// This CPU's set for this code: if a way holds this code, looked up under the same space
+	// and generation, its answer is pm_codes' answer, without the lookup.
+	struct pm_chain_ent *e = 0, *e0 = 0;
+	struct pm_chain *ch = c->ch;
+	int hit = 0;
+	if (ch) {
+		// keep the address arithmetic after the null check (the verifier rejects it before)
+		asm volatile("" : "+r"(ch));
+		__u32 set = (__u32)((code * 0x9E3779B97F4A7C15ull) >> 57) & (PM_CHAIN_SETS - 1);
+		e0 = &ch->e[2 * set];
+		struct pm_chain_ent *e1 = &ch->e[2 * set + 1];
+		if (e0->code == code && e0->tag == c->tag) {
+			e = e0, hit = 1;
+			e0->mru = 0;
+		} else if (e1->code == code && e1->tag == c->tag) {
+			e = e1, hit = 1;
+			e0->mru = 1;
+		} else {
+			e = e0->mru ? e0 : e1; // replace the way not used last
+			e0->mru = e == e1;
 		}
-		return 0;
 	}
-	// First sight in this process: remember it as "not a phase" and tell user space, which
-	// names it and upgrades it if it is a phase function.
-	struct pm_code_val nv = {};
-	if (bpf_map_update_elem(&pm_codes, &ck, &nv, BPF_NOEXIST) == 0 && c->emitted < 16) {
-		c->emitted++;
-		pm_code_seen(c->pid, c->tid, code, c->now);
+	__u16 phase = 0;
+	if (hit) {
+		phase = e->phase;
+	} else {
+		c->looked_up = 1; // a flag, not a count: the verifier must see the loop state converge
+		struct pm_code_key ck = {.space = c->space, .code = code};
+		struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
+		if (cv) {
+			phase = cv->phase;
+		} else {
+			// First sight in this process: remember it as "not a phase" and tell user
+			// space, which names it and upgrades it if it is a phase function.
+			struct pm_code_val nv = {};
+			if (bpf_map_update_elem(&pm_codes, &ck, &nv, BPF_NOEXIST) == 0 && c->emitted < 16) {
+				c->emitted++;
+				pm_code_seen(c->pid, c->tid, code, c->now);
+			}
+		}
+		if (e) {
+			e->code = code;
+			e->tag = c->tag;
+			e->phase = phase;
+		}
+	}
+	if (phase) {
+		w->phase = phase;
+		w->phase_code = code;
+		c->stop = 1;
+		return 1;
 	}
 	return 0;
 }
@@ -383,9 +458,14 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 	if (frame && pc->cframe_frame != PM_NONE)
 		frame = pm_read_u64(frame + pc->cframe_frame, &w->flags);
 
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&pm_gen, &zero);
+	struct pm_chain *ch = bpf_map_lookup_elem(&pm_chains, &zero);
 	struct pm_walk_ctx c = {
 		.pid = pid,
 		.tid = tid,
+		.tag = (__u64)pc->space << 32 | (gen ? *gen : 0),
+		.ch = ch,
 		.space = pc->space,
 		.now = now,
 		.frame = frame,
@@ -403,6 +483,8 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 		limit = PM_MAX_DEPTH;
 	// bpf_loop (5.17+): the verifier checks the step once instead of unrolling the walk.
 	bpf_loop(limit, pm_walk_step, &c, 0);
+	if (!c.looked_up && w->depth > 0)
+		w->flags |= PM_F_CHAIN_KNOWN;
 	if (c.frame && !c.stop) {
 		w->flags |= PM_F_WALK_LIMIT;
 		pm_drop(PM_DROP_WALK_LIMIT);
