@@ -289,19 +289,30 @@ static __always_inline void pm_tstate_miss(__u32 pid, __u32 tid, __u64 fsbase, _
 	bpf_ringbuf_submit(r, 0);
 }
 
-static __always_inline void pm_code_seen(__u32 pid, __u32 tid, __u64 code, __u64 now)
+// pm_code_seen handles a code object missing from pm_codes: it tells user space (which names it
+// and upgrades it to a phase if it is one) and remembers it as "not a phase", in that order, so a
+// code object is never remembered unreported: with the ring buffer full it stays unknown, for a
+// later walk to report. Returns 1 when the code object is in pm_codes now.
+static __always_inline int pm_code_seen(struct pm_code_key *ck, __u32 pid, __u32 tid, __u64 now)
 {
 	struct pm_rec_ebpf_code_seen *r = bpf_ringbuf_reserve(&pm_events, sizeof(*r), 0);
 	if (!r) {
 		pm_drop(PM_DROP_RINGBUF);
-		return;
+		return 0;
+	}
+	struct pm_code_val nv = {};
+	if (bpf_map_update_elem(&pm_codes, ck, &nv, BPF_NOEXIST) != 0) {
+		// another thread's walk was first (it reports it), or the map is full
+		bpf_ringbuf_discard(r, 0);
+		return bpf_map_lookup_elem(&pm_codes, ck) != 0;
 	}
 	pm_hdr(&r->hdr, PM_REC_EBPF_CODE_SEEN, sizeof(*r));
 	r->ts_ns = now;
-	r->code = code;
+	r->code = ck->code;
 	r->pid = pid;
 	r->tid = tid;
 	bpf_ringbuf_submit(r, 0);
+	return 1;
 }
 
 static __always_inline __u64 pm_read_u64(__u64 addr, __u16 *flags)
@@ -398,18 +409,18 @@ static long pm_walk_step(__u64 i, void *arg)
 		c->looked_up = 1; // a flag, not a count: the verifier must see the loop state converge
 		struct pm_code_key ck = {.space = c->space, .code = code};
 		struct pm_code_val *cv = bpf_map_lookup_elem(&pm_codes, &ck);
+		int known = 1;
 		if (cv) {
 			phase = cv->phase;
+		} else if (c->emitted < 16) {
+			// First sight in this process. At most 16 reports per walk: the others stay
+			// unknown (not in pm_codes, not remembered) and are reported by later walks.
+			c->emitted++;
+			known = pm_code_seen(&ck, c->pid, c->tid, c->now);
 		} else {
-			// First sight in this process: remember it as "not a phase" and tell user
-			// space, which names it and upgrades it if it is a phase function.
-			struct pm_code_val nv = {};
-			if (bpf_map_update_elem(&pm_codes, &ck, &nv, BPF_NOEXIST) == 0 && c->emitted < 16) {
-				c->emitted++;
-				pm_code_seen(c->pid, c->tid, code, c->now);
-			}
+			known = 0;
 		}
-		if (e) {
+		if (e && known) {
 			e->code = code;
 			e->tag = c->tag;
 			e->phase = phase;
