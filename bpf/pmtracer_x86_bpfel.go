@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type pmTracerPmBlock struct {
+	_ structs.HostLayout
+	B [8192]uint8
+}
+
 type pmTracerPmChain struct {
 	_ structs.HostLayout
 	E [256]struct {
@@ -109,6 +114,7 @@ type pmTracerPmTstateKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	pmTracerMapPmBlocks            = "pm_blocks"
 	pmTracerMapPmChains            = "pm_chains"
 	pmTracerMapPmCodes             = "pm_codes"
 	pmTracerMapPmCounters          = "pm_counters"
@@ -198,6 +204,7 @@ type pmTracerProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pmTracerMapSpecs struct {
+	PmBlocks       *ebpf.MapSpec `ebpf:"pm_blocks"`
 	PmChains       *ebpf.MapSpec `ebpf:"pm_chains"`
 	PmCodes        *ebpf.MapSpec `ebpf:"pm_codes"`
 	PmCounters     *ebpf.MapSpec `ebpf:"pm_counters"`
@@ -251,6 +258,7 @@ func (o *pmTracerObjects) Close() error {
 //
 // It can be passed to loadPmTracerObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pmTracerMaps struct {
+	PmBlocks       *ebpf.Map `ebpf:"pm_blocks"`
 	PmChains       *ebpf.Map `ebpf:"pm_chains"`
 	PmCodes        *ebpf.Map `ebpf:"pm_codes"`
 	PmCounters     *ebpf.Map `ebpf:"pm_counters"`
@@ -266,6 +274,7 @@ type pmTracerMaps struct {
 
 func (m *pmTracerMaps) Close() error {
 	return _PmTracerClose(
+		m.PmBlocks,
 		m.PmChains,
 		m.PmCodes,
 		m.PmCounters,

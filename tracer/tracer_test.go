@@ -726,3 +726,38 @@ func TestLatePhaseBehindManyNewCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestWalkBeyondTheBlock: on CPython 3.11+ the walk reads the 8 KiB of data stack below the top
+// frame in one go (flag bit 6) and reads frames outside it one by one; a chain of 45 ~300-byte
+// frames crosses the block's edge, and the counts per phase must still be exact.
+func TestWalkBeyondTheBlock(t *testing.T) {
+	requirePrivileged(t)
+	for _, py := range supportedPythons(t) {
+		t.Run(filepath.Base(py), func(t *testing.T) {
+			tab, _ := LoadPhaseTable("")
+			for _, depth := range []int{20, 45} {
+				w := startWorkload(t, py, fmt.Sprint(steps), "--depth", fmt.Sprint(depth))
+				c, _, _ := traceRound(t, Config{Phases: tab}, w)
+				if d := diff(recordCounts(t, c, tab, w.pid), scaled(steps)); d != "" {
+					t.Fatalf("depth %d: launch/sync records by phase differ:\n%s", depth, d)
+				}
+				block, deep := 0, 0
+				for _, b := range c.of(w.pid, record.TypeEbpfLaunch) {
+					r, _ := record.DecodeEbpfLaunch(b)
+					if r.Depth > 20 {
+						deep++
+						if r.Flags&64 != 0 {
+							block++
+						}
+					}
+				}
+				if pyproctest.Minor(py) >= 11 && block < deep*9/10 {
+					t.Errorf("depth %d: %d of %d deep launches read the data stack in one block, want ≥ 90 %%", depth, block, deep)
+				}
+				if pyproctest.Minor(py) == 10 && block != 0 {
+					t.Errorf("depth %d: CPython 3.10 has no data stack, yet %d launches used the block", depth, block)
+				}
+			}
+		})
+	}
+}

@@ -48,6 +48,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define PM_F_READ_FAIL 4
 #define PM_F_GILSTATE 8
 #define PM_F_NO_PYCONF 16
+#define PM_F_BLOCK 64       // 3.11+: the data stack below the top frame was read in one block
 #define PM_F_CHAIN_KNOWN 32 // every code on the walk was known from earlier walks (pm_chains): no pm_codes lookup
 
 // Drop reasons (ebpf_drops.reason), index into pm_drops.
@@ -62,6 +63,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define PM_NONE 0xffffffffu
 #define PM_WIN_MAX 80 // bytes of a frame read per step (3.12+: code@0 .. owner@70/74)
 #define PM_CHAIN_SETS 128 // code objects remembered per CPU (pm_chains): 128 sets of 2
+#define PM_BLOCK 8192       // 3.11+: bytes of the thread's data stack read in one go below the top frame
 
 // Per-process CPython layout, written by the tracer at attach (tracer/pyconf.go mirrors it via bpf2go).
 struct pm_pyconf {
@@ -127,6 +129,12 @@ struct pm_chain {
 	struct pm_chain_ent e[2 * PM_CHAIN_SETS];
 };
 
+// The block of the data stack the walk read in one go (3.11+: a thread's frames are pushed one
+// above the other in data-stack chunks, so most of a chain lies in the few KiB below the top).
+struct pm_block {
+	__u8 b[PM_BLOCK];
+};
+
 struct pm_sync_state {
 	struct pm_rec_ebpf_sync rec;
 };
@@ -179,6 +187,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pm_chain);
 } pm_chains SEC(".maps");
+
+// Per-CPU data-stack block (see struct pm_block).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_block);
+} pm_blocks SEC(".maps");
 
 // pm_gen[0]: bumped by user space after every change to pm_codes; invalidates pm_chains.
 struct {
@@ -335,6 +351,10 @@ struct pm_walk_ctx {
 	__u32 stop;
 	__u64 tag;             // code space << 32 | pm_gen
 	struct pm_chain *ch;   // this CPU's walk memory
+	struct pm_block *blk;  // the data-stack block read below the top frame, or NULL
+	__u64 blk_lo;          // its user address (8-aligned); it holds [blk_lo, blk_lo + blk_len)
+	__u32 blk_len;
+	__u32 pad3;
 	__u32 looked_up;       // 1 once this walk made a pm_codes lookup
 	__u32 pad2;
 	struct pm_walk *w;
@@ -350,31 +370,47 @@ static long pm_walk_step(__u64 i, void *arg)
 		c->stop = 1;
 		return 1;
 	}
-	// One read per frame: code, previous and owner come from the same window.
+	// One read per frame: code, previous and owner come from the same window — taken from
+	// the data-stack block when the frame lies in it, else read on its own.
 	__u8 buf[128] __attribute__((aligned(8))) = {}; // masks below index inside 128 bytes
 	__u32 len = c->win_len;
 	if (len == 0 || len > PM_WIN_MAX) {
 		c->stop = 1;
 		return 1;
 	}
-	if (bpf_probe_read_user(buf, len, (const void *)(frame + c->win_off)) != 0) {
-		w->flags |= PM_F_READ_FAIL;
-		pm_drop(PM_DROP_READ);
-		c->stop = 1;
-		return 1;
-	}
 	// Offsets are multiples of 8 inside the window (checked by the tracer): index u64 words,
 	// masked so the verifier sees the bound.
-	__u64 *words = (__u64 *)buf;
 	__u32 co = ((c->code_off - c->win_off) >> 3) & 15, po = ((c->prev_off - c->win_off) >> 3) & 15;
-	__u64 code = words[co], prev = words[po];
+	__u32 oo = (c->owner_off - c->win_off) & 0x7f;
+	__u64 code, prev;
+	__u8 owner;
+	struct pm_block *blk = c->blk;
+	__u64 at = frame + c->win_off - c->blk_lo; // wraps to huge when the frame is below the block
+	if (blk && (frame & 7) == 0 && at <= c->blk_len - 128 && c->blk_len >= 128) {
+		asm volatile("" : "+r"(blk)); // address arithmetic after the null check
+		__u32 x = (__u32)at & (PM_BLOCK - 1);
+		if (x > PM_BLOCK - 128)
+			x = PM_BLOCK - 128;
+		__u8 *win = &blk->b[x];
+		code = *(__u64 *)(win + 8 * co);
+		prev = *(__u64 *)(win + 8 * po);
+		owner = win[oo];
+	} else {
+		if (bpf_probe_read_user(buf, len, (const void *)(frame + c->win_off)) != 0) {
+			w->flags |= PM_F_READ_FAIL;
+			pm_drop(PM_DROP_READ);
+			c->stop = 1;
+			return 1;
+		}
+		__u64 *words = (__u64 *)buf;
+		code = words[co];
+		prev = words[po];
+		owner = buf[oo];
+	}
 	w->depth = i + 1;
 	c->frame = prev;
-	if (c->owner_off != PM_NONE) {
-		__u32 oo = (c->owner_off - c->win_off) & 0x7f;
-		if (buf[oo] >= c->skip_min)
-			return 0;
-	}
+	if (c->owner_off != PM_NONE && owner >= c->skip_min)
+		return 0;
 	code &= c->mask;
 	if (!code)
 		return 0;
@@ -472,11 +508,34 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 	__u32 zero = 0;
 	__u32 *gen = bpf_map_lookup_elem(&pm_gen, &zero);
 	struct pm_chain *ch = bpf_map_lookup_elem(&pm_chains, &zero);
+	// 3.11+: read the data stack below the top frame's window in one go (8 KiB, else 2 KiB when
+	// the chunk starts closer than that and the memory below it is not mapped).
+	struct pm_block *blk = 0;
+	__u64 blk_lo = 0;
+	__u32 blk_len = 0;
+	if (pc->walk_kind == 2 && frame) {
+		blk = bpf_map_lookup_elem(&pm_blocks, &zero);
+		if (blk) {
+			__u64 hi = (frame + pc->win_off + 128 + 7) & ~7ull; // the top frame's window too
+			if (bpf_probe_read_user(blk->b, PM_BLOCK, (const void *)(hi - PM_BLOCK)) == 0) {
+				blk_lo = hi - PM_BLOCK, blk_len = PM_BLOCK;
+			} else if (bpf_probe_read_user(blk->b, PM_BLOCK / 4, (const void *)(hi - PM_BLOCK / 4)) == 0) {
+				blk_lo = hi - PM_BLOCK / 4, blk_len = PM_BLOCK / 4;
+			} else {
+				blk = 0;
+			}
+			if (blk)
+				w->flags |= PM_F_BLOCK;
+		}
+	}
 	struct pm_walk_ctx c = {
 		.pid = pid,
 		.tid = tid,
 		.tag = (__u64)pc->space << 32 | (gen ? *gen : 0),
 		.ch = ch,
+		.blk = blk,
+		.blk_lo = blk_lo,
+		.blk_len = blk_len,
 		.space = pc->space,
 		.now = now,
 		.frame = frame,

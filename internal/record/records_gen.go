@@ -1482,7 +1482,7 @@ type EbpfLaunch struct {
 	API       uint16 // API id: the uprobe attach cookie (table in tracer/apis.go, PM_API_* in bpf/src/pm_api.h)
 	Phase     uint16 // phase id from ebpf_phase_def; 0 = outside every phase function or not Python
 	Depth     uint16 // Python frames read in the walk
-	Flags     uint16 // bit 0 walk hit the frame limit, bit 1 no thread state, bit 2 user-memory read failed, bit 3 thread state from gilstate fallback, bit 4 pid has no Python config, bit 5 every code object on the walk was answered by the per-CPU walk memory (no pm_codes lookup)
+	Flags     uint16 // bit 0 walk hit the frame limit, bit 1 no thread state, bit 2 user-memory read failed, bit 3 thread state from gilstate fallback, bit 4 pid has no Python config, bit 5 every code object on the walk was answered by the per-CPU walk memory (no pm_codes lookup), bit 6 the data stack below the top frame was read in one block (CPython 3.11+)
 }
 
 // DecodeEbpfLaunch decodes a whole framed record (header included).

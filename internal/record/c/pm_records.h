@@ -707,7 +707,7 @@ struct pm_rec_ebpf_launch {
 	uint16_t api; /* 64 API id: the uprobe attach cookie (table in tracer/apis.go, PM_API_* in bpf/src/pm_api.h) */
 	uint16_t phase; /* 66 phase id from ebpf_phase_def; 0 = outside every phase function or not Python */
 	uint16_t depth; /* 68 Python frames read in the walk */
-	uint16_t flags; /* 70 bit 0 walk hit the frame limit, bit 1 no thread state, bit 2 user-memory read failed, bit 3 thread state from gilstate fallback, bit 4 pid has no Python config, bit 5 every code object on the walk was answered by the per-CPU walk memory (no pm_codes lookup) */
+	uint16_t flags; /* 70 bit 0 walk hit the frame limit, bit 1 no thread state, bit 2 user-memory read failed, bit 3 thread state from gilstate fallback, bit 4 pid has no Python config, bit 5 every code object on the walk was answered by the per-CPU walk memory (no pm_codes lookup), bit 6 the data stack below the top frame was read in one block (CPython 3.11+) */
 };
 _Static_assert(sizeof(struct pm_rec_ebpf_launch) == 72, "pm_rec_ebpf_launch size");
 _Static_assert(__builtin_offsetof(struct pm_rec_ebpf_launch, ts_ns) == 8, "pm_rec_ebpf_launch.ts_ns");
