@@ -95,15 +95,18 @@ type proc struct {
 	attached   bool // uprobes in place (or covered by a system-wide link)
 	pyReady    bool
 	tries      int
-	seen       time.Time
+	born       time.Time // when the process started (from /proc; when the tracer saw it if that failed)
 	pyAt       time.Time // when CPython was found
 	unnamed    []uint64  // phase code objects found by a scan, not yet named in the stream
 	rescans    int
 }
 
-// youngFor is how long after a process appears its thread list and gilstate key are re-read
-// on every poll.
-const youngFor = 5 * time.Second
+// youngFor is how long after a process starts its thread list and gilstate key are re-read on
+// every poll and its memory rescanned for phase functions (rescanAfter). A process that is older
+// when the tracer finds it (attach to a running server) gets one scan: rescanning a large server
+// reads gigabytes of its memory each time, and lazy discovery (ebpf_code_seen) covers what the
+// scan missed.
+var youngFor = 5 * time.Second
 
 // New checks privileges and kernel support, loads the programs and attaches the process-tree
 // tracepoints. Close releases everything.
@@ -286,7 +289,10 @@ func (t *Tracer) addProc(pid, ppid int) *proc {
 	if p, ok := t.procs[pid]; ok {
 		return p
 	}
-	p := &proc{pid: pid, ppid: ppid, names: map[uint64]bool{}, phaseCodes: map[uint64]uint16{}, seen: time.Now()}
+	p := &proc{pid: pid, ppid: ppid, names: map[uint64]bool{}, phaseCodes: map[uint64]uint16{}, born: time.Now()}
+	if age, err := pyproc.Age(pid); err == nil {
+		p.born = p.born.Add(-age)
+	}
 	t.procs[pid] = p
 	one := uint32(1)
 	if err := t.pids.Update(uint32(pid), one, ebpf.UpdateAny); err != nil {
@@ -681,7 +687,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 				// (a vLLM worker may initialise CUDA minutes after it starts).
 				if !p.exited && (!p.attached || !p.pyReady) && (p.tries < 600 || tick%10 == 0) {
 					t.tryAttach(p)
-				} else if !p.exited && p.py != nil && time.Since(p.seen) < youngFor {
+				} else if !p.exited && p.py != nil && time.Since(p.born) < youngFor {
 					t.refreshThreads(p) // a young child may still be re-initialising after fork
 					t.maybeRescan(p)    // and still importing its phase functions
 				}

@@ -761,3 +761,46 @@ func TestWalkBeyondTheBlock(t *testing.T) {
 		})
 	}
 }
+
+// TestOldProcessScannedOnce: a process that was already running when the tracer found it is
+// scanned for phase functions once; a young one is rescanned while it may still be importing
+// them (rescanAfter). Rescanning a large server reads gigabytes of its memory each time.
+func TestOldProcessScannedOnce(t *testing.T) {
+	requirePrivileged(t)
+	defer func(d time.Duration) { youngFor = d }(youngFor)
+	youngFor = 2 * time.Second
+	py := supportedPythons(t)[0]
+	tab, _ := LoadPhaseTable("")
+	for _, old := range []bool{false, true} {
+		w := startWorkload(t, py, "5")
+		if old {
+			time.Sleep(youngFor + 500*time.Millisecond)
+		}
+		tr, err := New(Config{Phases: tab})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Attach(w.pid); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- tr.Run(ctx, func(int, []byte) error { return nil }) }()
+		w.round(t)
+		time.Sleep(1500 * time.Millisecond) // past rescanAfter's 0.25 s and 1 s
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		tr.mu.Lock()
+		n := tr.procs[w.pid].rescans
+		tr.mu.Unlock()
+		tr.Close()
+		if old && n != 0 {
+			t.Errorf("a process %v old when found was rescanned %d times", youngFor+500*time.Millisecond, n)
+		}
+		if !old && n < 2 {
+			t.Errorf("a young process was rescanned %d times in its first 1.5 s, want 2 (at 0.25 s and 1 s)", n)
+		}
+	}
+}

@@ -9,6 +9,7 @@ package pyproc
 
 import (
 	"bufio"
+	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Mapping is one line of /proc/PID/maps.
@@ -70,6 +72,38 @@ func ReadMaps(pid int) ([]Mapping, error) {
 		out = append(out, m)
 	}
 	return out, sc.Err()
+}
+
+// Age returns how long ago pid started (/proc/PID/stat starttime against /proc/uptime, in the
+// kernel's fixed 100 Hz USER_HZ ticks).
+func Age(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// comm may hold spaces and parentheses: fields start after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(f))
+	}
+	ticks, err := strconv.ParseUint(f[19], 10, 64) // field 22: starttime
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat starttime: %w", pid, err)
+	}
+	u, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0, err
+	}
+	up, err := strconv.ParseFloat(strings.Fields(string(u))[0], 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/uptime: %w", err)
+	}
+	age := time.Duration(up*float64(time.Second)) - time.Duration(ticks)*(time.Second/100)
+	return max(age, 0), nil
 }
 
 // HostPath returns a path under /proc/PID/root for a path seen inside the process, so files are

@@ -123,3 +123,23 @@ func TestNotPython(t *testing.T) {
 		t.Fatalf("want ErrNoProcess, got %v", err)
 	}
 }
+
+func TestAge(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	a, err := Age(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// starttime has 10 ms ticks; /proc/uptime 10 ms resolution
+	if a < 250*time.Millisecond || a > 5*time.Second {
+		t.Errorf("a process started 300 ms ago is %v old", a)
+	}
+	if _, err := Age(1 << 30); err == nil {
+		t.Error("no error for a pid that cannot exist")
+	}
+}
