@@ -508,8 +508,9 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 	__u32 zero = 0;
 	__u32 *gen = bpf_map_lookup_elem(&pm_gen, &zero);
 	struct pm_chain *ch = bpf_map_lookup_elem(&pm_chains, &zero);
-	// 3.11+: read the data stack below the top frame's window in one go (8 KiB, else 2 KiB when
-	// the chunk starts closer than that and the memory below it is not mapped).
+	// 3.11+: read the data stack below the top frame's window in one go: 8 KiB; when that fails
+	// (the chunk starts closer and the memory below it is not mapped), from the page below the
+	// top frame's page, then from the top frame's own page, which is mapped.
 	struct pm_block *blk = 0;
 	__u64 blk_lo = 0;
 	__u32 blk_len = 0;
@@ -517,15 +518,20 @@ static __always_inline void pm_python_walk(__u32 pid, __u32 tid, __u64 now, stru
 		blk = bpf_map_lookup_elem(&pm_blocks, &zero);
 		if (blk) {
 			__u64 hi = (frame + pc->win_off + 128 + 7) & ~7ull; // the top frame's window too
-			if (bpf_probe_read_user(blk->b, PM_BLOCK, (const void *)(hi - PM_BLOCK)) == 0) {
-				blk_lo = hi - PM_BLOCK, blk_len = PM_BLOCK;
-			} else if (bpf_probe_read_user(blk->b, PM_BLOCK / 4, (const void *)(hi - PM_BLOCK / 4)) == 0) {
-				blk_lo = hi - PM_BLOCK / 4, blk_len = PM_BLOCK / 4;
-			} else {
-				blk = 0;
+			__u64 page = (frame + pc->win_off) & ~4095ull;
+			__u64 lo[3] = {hi - PM_BLOCK, page - 4096, page};
+			blk_len = 0;
+			for (int k = 0; k < 3 && !blk_len; k++) {
+				__u64 n = hi - lo[k];
+				if (n < 128 || n > PM_BLOCK || (k > 0 && lo[k] <= lo[0]))
+					continue;
+				if (bpf_probe_read_user(blk->b, n & (2 * PM_BLOCK - 1), (const void *)lo[k]) == 0)
+					blk_lo = lo[k], blk_len = n;
 			}
-			if (blk)
+			if (blk_len)
 				w->flags |= PM_F_BLOCK;
+			else
+				blk = 0;
 		}
 	}
 	struct pm_walk_ctx c = {
