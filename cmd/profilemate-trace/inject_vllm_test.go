@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,8 +20,9 @@ import (
 // The whole #8 chain on REAL vLLM (CPU, no GPU): a process of a real vLLM venv (0.33.0, 0.11.0;
 // PM_VLLM_PYTHONS, made by pyhook/tests/install_vllm_cpu.sh) started with nothing of ours in its
 // environment serves requests through vLLM's own V1 Scheduler / KVCacheManager / BlockPool
-// (pyhook/tests/real/inject_target_vllm.py); `attach --inject=ptrace --duration 3s --no-ebpf`
-// loads the real agent and hook into it, captures, and detaches.
+// (pyhook/tests/real/inject_target_vllm.py); `attach --inject=ptrace --no-ebpf`, stopped by SIGINT
+// once the target has served 150 steps under the hook, loads the real agent and hook into it,
+// captures, and detaches.
 //
 // What this machine leaves out: there is no libcuda here (torch is a CUDA build, so the real
 // libcupti.so.13 is mapped, but CUDA never initialises), so there are no GPU records at all
@@ -50,6 +53,17 @@ func (w *workload) check(t *testing.T) vllmCheck {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// progress asks the target for its step count and whether the hook is imported (cheap: polled).
+func (w *workload) progress(t *testing.T) (int, bool) {
+	t.Helper()
+	io.WriteString(w.in, "progress\n")
+	var n, h int
+	if _, err := fmt.Sscanf(w.line(t, 30*time.Second), "PROGRESS %d %d", &n, &h); err != nil {
+		t.Fatalf("progress: %v", err)
+	}
+	return n, h == 1
 }
 
 func vllmPythons(t *testing.T) []string {
@@ -131,22 +145,45 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 				t.Fatalf("before attach: hook imported %v, %d steps", c.HookImported, len(c.Steps))
 			}
 
-			// The window is sized in steps, not seconds: on a loaded CI machine the target's
-			// steps slow down, so measure its rate now and attach for ~150 of them (5 s to 40 s).
-			// The margin is wide on purpose: under CI the rate during the attach fell to a third
-			// of the rate measured just before it (23 steps where 60 were planned), because other
-			// test packages run at the same time and the late start itself costs steps.
-			c0 := w.check(t)
-			time.Sleep(time.Second)
-			window := 5 * time.Second
-			if n := len(w.check(t).Steps) - len(c0.Steps); n > 0 {
-				if d := 150 * time.Second / time.Duration(n); d > window {
-					window = min(d, 40*time.Second)
+			// The window is sized in the target's own steps, not in seconds: under CI the
+			// target's rate during the attach fell to a sixth of the rate measured just before
+			// it (other test packages run beside it), so a window planned in seconds from that
+			// rate got 23-24 steps. The attach runs until the target has done 150 steps after
+			// the hook arrived, then gets the same SIGINT a user's Ctrl-C sends (the test
+			// process catches SIGINT for that time, so a late signal cannot kill it).
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, os.Interrupt)
+			defer signal.Stop(sig)
+			var dir string
+			var code int
+			done := make(chan struct{})
+			go func() { defer close(done); dir, code = attachInject(t, agent, w.pid, 5*time.Minute) }()
+			s0, deadline := -1, time.Now().Add(3*time.Minute)
+		wait:
+			for time.Now().Before(deadline) {
+				select {
+				case <-done:
+					break wait
+				case <-time.After(250 * time.Millisecond):
 				}
-			} else {
-				window = 40 * time.Second
+				n, hooked := w.progress(t)
+				if s0 < 0 && hooked {
+					s0 = n
+				}
+				if s0 >= 0 && n >= s0+150 {
+					break
+				}
 			}
-			dir, code := attachInject(t, agent, w.pid, window)
+			select {
+			case <-done:
+			default:
+				syscall.Kill(os.Getpid(), syscall.SIGINT)
+				<-done
+			}
+			window := fmt.Sprintf("a window of %d target steps after the hook arrived", 150)
+			if s0 < 0 {
+				t.Fatalf("the hook never arrived in the target within 3 minutes (attach exited %d)", code)
+			}
 			if code != 0 || dir == "" {
 				t.Fatalf("attach exited %d, session %q", code, dir)
 			}
@@ -168,8 +205,8 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 				}
 				got = append(got, x)
 			}
-			// A window of ~150 steps (at least 5 s, ~250 steps when the machine is idle); the
-			// enable and the detach each cut a few.
+			// The enable comes a scan after the hook arrives and the detach cuts a few: most of
+			// the 150 steps are rows (~140 when idle).
 			if len(got) < 30 {
 				t.Fatalf("batch_utilization.csv: %d steps in a %v window", len(got), window)
 			}

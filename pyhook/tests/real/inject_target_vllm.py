@@ -7,7 +7,8 @@ requests that keep arriving, sleeping 20 ms between steps (clock_nanosleep) whil
 is parked in read() on stdin: the safe points the ptrace loader picks from.
 
 Protocol (stdout, one line each): ``READY <pid> <num_gpu_blocks>`` once the first step ran; then
-per command on stdin: ``check`` -> ``CHECK <json>`` with every step's own counts (what this
+per command on stdin: ``progress`` -> ``PROGRESS <steps> <hook imported 0/1>``; ``check`` ->
+``CHECK <json>`` with every step's own counts (what this
 process scheduled) and, inside the target, whether every vLLM class / module attribute and the
 live objects' instance dicts are the original objects (identity), hook threads, ring fds and
 mappings; ``quit`` exits."""
@@ -146,6 +147,10 @@ def main():
             cmd = line.strip()
             if cmd == "check":
                 print("CHECK " + json.dumps(check()), flush=True)
+            elif cmd == "progress":  # cheap, for polling: steps so far, hook imported (0/1)
+                with lock:
+                    n = len(steps)
+                print("PROGRESS %d %d" % (n, "profilemate_trace" in sys.modules), flush=True)
             elif cmd == "quit":
                 break
         stop.set()
