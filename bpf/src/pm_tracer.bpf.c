@@ -20,7 +20,8 @@
 // Each CPU keeps a small 2-way set-associative cache of what earlier walks on it learnt (pm_chains:
 // code object -> phase or not), so a frame whose code it holds needs no pm_codes lookup; its
 // answers are exactly the lookups' answers, tagged with the code space (a process image) and
-// pm_gen, which user space bumps whenever it changes pm_codes.
+// pm_gen, which user space bumps whenever it changes pm_codes. On 3.11+ the frames come from one
+// read of the data stack below the top frame where they lie in it (pm_blocks).
 // Never the "current" tstate: PyTorch releases the GIL around the launch.
 
 #include "vmlinux.h"
@@ -48,8 +49,8 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define PM_F_READ_FAIL 4
 #define PM_F_GILSTATE 8
 #define PM_F_NO_PYCONF 16
-#define PM_F_BLOCK 64       // 3.11+: the data stack below the top frame was read in one block
 #define PM_F_CHAIN_KNOWN 32 // every code on the walk was known from earlier walks (pm_chains): no pm_codes lookup
+#define PM_F_BLOCK 64       // 3.11+: the data stack below the top frame was read in one block
 
 // Drop reasons (ebpf_drops.reason), index into pm_drops.
 #define PM_DROP_RINGBUF 1
