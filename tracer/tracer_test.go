@@ -301,8 +301,9 @@ func uprobeEventsMention(path string) bool {
 	return false
 }
 
-// traceRound attaches a fresh tracer to w, runs one round, stops and returns the records.
-func traceRound(t *testing.T, cfg Config, w *workload) (*collector, *Tracer, []int) {
+// startTracing attaches a new tracer to w and runs it into a collector; stop lets the reader
+// catch up with the last samples and returns once Run has.
+func startTracing(t *testing.T, cfg Config, w *workload) (*collector, *Tracer, func()) {
 	t.Helper()
 	tr, err := New(cfg)
 	if err != nil {
@@ -316,12 +317,22 @@ func traceRound(t *testing.T, cfg Config, w *workload) (*collector, *Tracer, []i
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- tr.Run(ctx, c.sink) }()
-	kids := w.round(t)
-	time.Sleep(200 * time.Millisecond) // let the reader catch up with the last samples
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Fatal(err)
+	stop := func() {
+		time.Sleep(200 * time.Millisecond)
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
 	}
+	return c, tr, stop
+}
+
+// traceRound traces one round of w with a new tracer.
+func traceRound(t *testing.T, cfg Config, w *workload) (*collector, *Tracer, []int) {
+	t.Helper()
+	c, tr, stop := startTracing(t, cfg, w)
+	kids := w.round(t)
+	stop()
 	return c, tr, kids
 }
 
@@ -605,18 +616,7 @@ func TestWalkMemoryFollowsPhaseChanges(t *testing.T) {
 		t.Run(filepath.Base(py), func(t *testing.T) {
 			w := startWorkload(t, py, fmt.Sprint(steps))
 			tab, _ := LoadPhaseTable("")
-			tr, err := New(Config{Phases: tab})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tr.Close()
-			if err := tr.Attach(w.pid); err != nil {
-				t.Fatal(err)
-			}
-			c := &collector{}
-			ctx, cancel := context.WithCancel(context.Background())
-			runErr := make(chan error, 1)
-			go func() { runErr <- tr.Run(ctx, c.sink) }()
+			c, tr, stop := startTracing(t, Config{Phases: tab}, w)
 			launches := func() []record.EbpfLaunch {
 				var out []record.EbpfLaunch
 				for _, b := range c.of(w.pid, record.TypeEbpfLaunch) {
@@ -671,11 +671,7 @@ func TestWalkMemoryFollowsPhaseChanges(t *testing.T) {
 			tr.mu.Unlock()
 
 			w.round(t)
-			time.Sleep(200 * time.Millisecond)
-			cancel()
-			if err := <-runErr; err != nil {
-				t.Fatal(err)
-			}
+			stop()
 			got := map[string]uint64{}
 			for _, r := range launches()[len(l12):] {
 				if r.Depth >= 2 && r.PhaseCode == layer {
@@ -776,22 +772,10 @@ func TestOldProcessScannedOnce(t *testing.T) {
 		if old {
 			time.Sleep(youngFor + 500*time.Millisecond)
 		}
-		tr, err := New(Config{Phases: tab})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tr.Attach(w.pid); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- tr.Run(ctx, func(int, []byte) error { return nil }) }()
+		_, tr, stop := startTracing(t, Config{Phases: tab}, w)
 		w.round(t)
-		time.Sleep(1500 * time.Millisecond) // past rescanAfter's 0.25 s and 1 s
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		time.Sleep(1300 * time.Millisecond) // with stop's 0.2 s, past rescanAfter's 0.25 s and 1 s
+		stop()
 		tr.mu.Lock()
 		n := tr.procs[w.pid].rescans
 		tr.mu.Unlock()
