@@ -268,7 +268,7 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 			}
 			p := m.Injection.Processes[0]
 			if p.Pid != w.pid || p.Method != "ptrace" || p.Tid == 0 || p.Syscall == "" || p.StartResult == nil || *p.StartResult != 0 ||
-				p.Detach != "acknowledged" {
+				!strings.HasPrefix(p.Detach, "acknowledged") {
 				t.Errorf("metadata injection process: %+v", p)
 			}
 			// No CUDA here: no GPU record, whatever the agent did.

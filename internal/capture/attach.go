@@ -186,7 +186,7 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 		}
 		detach()
 		for _, p := range inj.Injected() {
-			if p.Detach != "acknowledged" {
+			if !strings.HasPrefix(p.Detach, "acknowledged") {
 				warnings = append(warnings, fmt.Sprintf("pid %d: injected producers did not all detach: %s", p.Pid, p.Detach))
 			}
 		}

@@ -247,6 +247,7 @@ func (inj *Injection) Detach(wait time.Duration) error {
 		r   *ring.Reader
 		src string
 		seq uint32
+		n   int // requests re-issued
 	}
 	var waiting []pending
 	// A producer loaded just now may not have made its ring yet (Detach right after a failed
@@ -278,8 +279,9 @@ func (inj *Injection) Detach(wait time.Duration) error {
 					r.Close() // a ring from before the injection: not ours to detach
 					continue
 				}
-				r.Detach()
-				waiting = append(waiting, pending{p, r, f.Source, r.Header().ControlSeq})
+				seq := r.Detach()
+				afterDetachRequest(r)
+				waiting = append(waiting, pending{p, r, f.Source, seq, 0})
 				ours++
 			}
 			if ours > 0 || time.Now().After(deadline) {
@@ -291,7 +293,9 @@ func (inj *Injection) Detach(wait time.Duration) error {
 			p.Detach = "no injected ring found"
 		}
 	}
-	for _, w := range waiting {
+	reissued := map[*Process][]string{}
+	for i := range waiting {
+		w := &waiting[i]
 		for {
 			h := w.r.Header()
 			if h.ControlAck == w.seq {
@@ -299,6 +303,18 @@ func (inj *Injection) Detach(wait time.Duration) error {
 					w.p.Detach = joinMsg(w.p.Detach, fmt.Sprintf("%s ring: acknowledged but producer_state %d, not detached", w.src, h.ProducerState))
 				}
 				break
+			}
+			if w.src == ring.SourceCUPTI.String() && h.ProducerState == ring.StateDetached {
+				break // detached on a later request of ours, or on its own (orphaned)
+			}
+			// Another writer of the control word (a second tracer attached to the same process)
+			// wrote after our request and before the producer read it: the producer only sees
+			// the last write, so our request is lost. Ask again, a few times.
+			if h.ControlSeq != w.seq && h.ControlEnable != ring.ControlDetach && w.n < 3 {
+				w.n++
+				w.seq = w.r.Detach()
+				reissued[w.p] = append(reissued[w.p], fmt.Sprintf("%s (overwritten with enable %d)", w.src, h.ControlEnable))
+				continue
 			}
 			if time.Now().After(deadline) || processGone(w.p.Pid) {
 				msg := fmt.Sprintf("%s ring: no acknowledgement of control_seq %d within %v (control_ack %d, producer_state %d)", w.src, w.seq, wait, h.ControlAck, h.ProducerState)
@@ -318,6 +334,9 @@ func (inj *Injection) Detach(wait time.Duration) error {
 	for _, p := range inj.Injected() {
 		if p.Detach == "" {
 			p.Detach = "acknowledged"
+			if r := reissued[p]; len(r) > 0 {
+				p.Detach += "; request re-issued for " + strings.Join(r, ", ")
+			}
 		}
 	}
 	for _, p := range inj.Processes {
@@ -329,6 +348,9 @@ func (inj *Injection) Detach(wait time.Duration) error {
 	inj.StagingRemoved = removed
 	return errors.Join(errs...)
 }
+
+// afterDetachRequest runs right after each detach request is written (tests: a concurrent writer).
+var afterDetachRequest = func(*ring.Reader) {}
 
 // FirstEnableStall returns how long the first enable of the injected agent in pid blocked its
 // thread (the agent publishes it in its ring header, first_enable_ns), once it is known.

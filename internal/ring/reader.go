@@ -117,18 +117,22 @@ func (r *Reader) SetControl(enable bool, detail Detail, sampleEvery uint32) {
 }
 
 // SetControlRaw is SetControl with a raw enable value (2 = yield CUPTI, see cupti/README.md).
-func (r *Reader) SetControlRaw(enable uint32, detail Detail, sampleEvery uint32) {
+// It returns the control_seq it wrote: the acknowledgement to wait for.
+func (r *Reader) SetControlRaw(enable uint32, detail Detail, sampleEvery uint32) uint32 {
 	r.store32(offControlEnable, enable)
 	r.store32(offControlDetail, uint32(detail))
 	r.store32(offSampleEvery, sampleEvery)
-	r.store32(offControlSeq, r.load32(offControlSeq)+1)
+	seq := r.load32(offControlSeq) + 1
+	r.store32(offControlSeq, seq)
+	return seq
 }
 
 // Detach writes control_enable=ControlDetach (keeping the detail) and bumps control_seq:
 // an injected producer stops for good and closes its ring (producer_state StateDetached
-// once it acknowledged). A preloaded agent treats it like ControlYield.
-func (r *Reader) Detach() {
-	r.SetControlRaw(ControlDetach, Detail(r.load32(offControlDetail)), 0)
+// once it acknowledged). A preloaded agent treats it like ControlYield. It returns the
+// control_seq it wrote (re-reading the header could see another writer's later one).
+func (r *Reader) Detach() uint32 {
+	return r.SetControlRaw(ControlDetach, Detail(r.load32(offControlDetail)), 0)
 }
 
 // Heartbeat stores the current CLOCK_MONOTONIC time in consumer_heartbeat_ns.

@@ -75,6 +75,11 @@ func (w *Writer) Ack() (enable uint32, detail Detail, sampleEvery uint32) {
 	return
 }
 
+// AckSeq stores seq in control_ack: the acknowledgement of the control words read with that
+// control_seq, for a producer that acts on them first (a detach sets producer_state before it
+// acknowledges, as the agent does).
+func (w *Writer) AckSeq(seq uint32) { w.store32(offControlAck, seq) }
+
 // Write appends one framed record (its header's size field must equal len(rec),
 // a multiple of 8). It returns false when the ring is full: the record is dropped
 // and counted, never waited for.
