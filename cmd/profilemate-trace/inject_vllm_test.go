@@ -10,11 +10,14 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/profilemate/profilemate-trace/export"
 )
 
 // The whole #8 chain on REAL vLLM (CPU, no GPU): a process of a real vLLM venv (0.33.0, 0.11.0;
@@ -159,6 +162,7 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 			done := make(chan struct{})
 			go func() { defer close(done); dir, code = attachInject(t, agent, w.pid, 5*time.Minute) }()
 			s0, deadline := -1, time.Now().Add(3*time.Minute)
+			holders := map[string]bool{} // other processes seen holding the target's rings
 		wait:
 			for time.Now().Before(deadline) {
 				select {
@@ -167,6 +171,9 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 				case <-time.After(250 * time.Millisecond):
 				}
 				n, hooked := w.progress(t)
+				for _, h := range foreignRingHolders(w.pid) {
+					holders[h] = true
+				}
 				if s0 < 0 && hooked {
 					s0 = n
 				}
@@ -210,22 +217,17 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 			if len(got) < 30 {
 				t.Fatalf("batch_utilization.csv: %d steps in a %v window", len(got), window)
 			}
-			at := -1
-			for i := 0; i+len(got) <= len(c.Steps) && at < 0; i++ {
-				ok := true
-				for k, x := range got {
-					s := c.Steps[i+k]
-					if x[0] != s[0] || x[1] != s[1] || x[2] != s[2] {
-						ok = false
-						break
-					}
-				}
-				if ok {
-					at = i
-				}
+			// Another tracer on the machine writing the hook's control word (seen twice in CI,
+			// from a process not identified) turns collection off and on under us: the hook
+			// then records it (control_change), and the rows may have gaps there. Only then is
+			// an in-order subsequence accepted instead of a contiguous run.
+			interfered := foreignControl(t, dir, w.pid)
+			if len(interfered) > 0 || len(holders) > 0 {
+				t.Logf("other writers of the target's control words: changes %v, ring holders %v", interfered, keys(holders))
 			}
+			at := runOf(got, c.Steps, len(interfered) > 0)
 			if at < 0 {
-				t.Errorf("batch_utilization.csv (tokens, reqs, kv free) %v is not a run of the target's own steps %v", got, c.Steps)
+				t.Errorf("batch_utilization.csv (tokens, reqs, kv free) %v is not a run of the target's own steps %v (control changes not ours: %v)", got, c.Steps, interfered)
 			}
 			tokens := 0
 			for _, x := range got {
@@ -311,5 +313,117 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 				t.Errorf("target gone: %v", err)
 			}
 		})
+	}
+}
+
+// runOf returns where rows (tokens, reqs, kv free after schedule) start in the target's own steps
+// as a contiguous run, or with gaps allowed, as an in-order subsequence; -1 if they are not.
+func runOf(rows [][3]int, steps [][]int, gaps bool) int {
+	eq := func(x [3]int, s []int) bool { return x[0] == s[0] && x[1] == s[1] && x[2] == s[2] }
+	for i := 0; i+len(rows) <= len(steps); i++ {
+		k, j := 0, i
+		for k < len(rows) && j < len(steps) {
+			if eq(rows[k], steps[j]) {
+				k++
+			} else if !gaps || k == 0 {
+				break
+			}
+			j++
+		}
+		if k == len(rows) {
+			return i
+		}
+	}
+	return -1
+}
+
+// foreignControl lists the control changes the hook of pid applied in the session that our
+// attach did not ask for: ours are one enable (the collector finding the ring) and the detach.
+func foreignControl(t *testing.T, dir string, pid int) []string {
+	t.Helper()
+	s, err := export.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	enables := 0
+	for _, st := range s.Streams {
+		if st.Meta.Pid != pid || st.Meta.Source != "pyhook" {
+			continue
+		}
+		for _, c := range st.Controls {
+			if c.Reason != 0 { // environment, detach, orphan: not a tracer's enable/disable
+				continue
+			}
+			if c.Enable == 1 {
+				enables++
+			}
+			if c.Enable == 0 || (c.Enable == 1 && enables > 1) {
+				out = append(out, fmt.Sprintf("seq %d enable %d", c.Seq, c.Enable))
+			}
+		}
+	}
+	return out
+}
+
+// foreignRingHolders lists the other processes that hold one of target's rings open.
+func foreignRingHolders(target int) []string {
+	inos := map[uint64]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", target))
+	for _, e := range fds {
+		p := fmt.Sprintf("/proc/%d/fd/%s", target, e.Name())
+		var st syscall.Stat_t
+		if l, _ := os.Readlink(p); strings.HasPrefix(l, "/memfd:profilemate-") && syscall.Stat(p, &st) == nil {
+			inos[st.Ino] = true
+		}
+	}
+	var out []string
+	procs, _ := os.ReadDir("/proc")
+	for _, pe := range procs {
+		pid, err := strconv.Atoi(pe.Name())
+		if err != nil || pid == target || pid == os.Getpid() {
+			continue
+		}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range fds {
+			var st syscall.Stat_t
+			if syscall.Stat(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()), &st) == nil && inos[st.Ino] {
+				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				out = append(out, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " ")))
+				break
+			}
+		}
+	}
+	return out
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestRunOf(t *testing.T) {
+	steps := [][]int{{1, 1, 9, 9}, {2, 2, 8, 8}, {3, 3, 7, 7}, {4, 4, 6, 6}, {5, 5, 5, 5}, {6, 6, 4, 4}}
+	row := func(i int) [3]int { return [3]int{steps[i][0], steps[i][1], steps[i][2]} }
+	contiguous := [][3]int{row(1), row(2), row(3)}
+	gapped := [][3]int{row(1), row(4), row(5)} // steps 2 and 3 missing, as in CI
+	extra := [][3]int{row(1), {9, 9, 9}, row(2)}
+	reordered := [][3]int{row(2), row(1)}
+	for _, c := range []struct {
+		rows [][3]int
+		gaps bool
+		want int
+	}{
+		{contiguous, false, 1}, {contiguous, true, 1},
+		{gapped, false, -1}, {gapped, true, 1},
+		{extra, true, -1}, {reordered, true, -1},
+	} {
+		if got := runOf(c.rows, steps, c.gaps); got != c.want {
+			t.Errorf("runOf(%v, gaps %v) = %d, want %d", c.rows, c.gaps, got, c.want)
+		}
 	}
 }
