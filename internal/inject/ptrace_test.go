@@ -74,7 +74,7 @@ func TestRemoteCallOnEachParkedSyscall(t *testing.T) {
 			before := p.ping(t)
 			conf := writeConf(t)
 			res, err := ptraceLoad(context.Background(), loadRequest{pid: p.pid, lib: lib, conf: conf, libInode: inode(t, lib),
-				safePointWait: 5 * time.Second, only: func(tid, nr int) bool { return tid == want && nr == tc.nr }})
+				safePointWait: 15 * time.Second, only: func(tid, nr int) bool { return tid == want && nr == tc.nr }})
 			if err != nil {
 				t.Fatalf("load: %v", err)
 			}
@@ -97,7 +97,7 @@ func TestRemoteCallOnEachParkedSyscall(t *testing.T) {
 			if n := mappedCount(t, p.pid, lib); n != 1 {
 				t.Errorf("library mapped %d times", n)
 			}
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(500 * time.Millisecond) // > 3 wake-ups of PARK_MS (testdata/target.c)
 			after := p.ping(t)
 			for i := range after {
 				if after[i] <= before[i] {

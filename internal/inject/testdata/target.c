@@ -1,13 +1,16 @@
 /* target.c — a multi-threaded process for the remote-call engine's tests.
  *
  * "parked": the main thread reads commands from stdin; four workers loop on a blocking call
- * with a 50 ms timeout (poll, epoll_wait, a condition-variable wait = futex, clock_nanosleep)
- * and count their wake-ups. "ping" prints "pong <main> <poll> <epoll> <futex> <sleep>";
+ * with a PARK_MS timeout (poll, epoll_wait, a condition-variable wait = futex, clock_nanosleep)
+ * and count their wake-ups: each injection into them restarts a call with a timeout. PARK_MS
+ * is 150: with 50 a worker woke up between the loader's sampling and its stop too often on a
+ * loaded CI machine (5 s without one safe stop of the epoll_wait thread). "ping" prints "pong <main> <poll> <epoll> <futex> <sleep>";
  * a worker that stops counting after an injection was broken by it. "quit" exits.
  * "busy": the main thread and one worker compute forever (no thread is ever parked).
  * Prints "READY <pid> <tid of each worker>" when started.
  */
 #define _GNU_SOURCE
+#define PARK_MS 150
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,7 +35,7 @@ static void *w_poll(void *a)
 	int fd = eventfd(0, 0);
 	struct pollfd p = {fd, POLLIN, 0};
 	for (;;) {
-		poll(&p, 1, 50);
+		poll(&p, 1, PARK_MS);
 		counts[1]++;
 	}
 	return NULL;
@@ -46,7 +49,7 @@ static void *w_epoll(void *a)
 	struct epoll_event ev = {.events = EPOLLIN}, out;
 	epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 	for (;;) {
-		epoll_wait(ep, &out, 1, 50);
+		epoll_wait(ep, &out, 1, PARK_MS);
 		counts[2]++;
 	}
 	return NULL;
@@ -59,7 +62,7 @@ static void *w_futex(void *a)
 	for (;;) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50000000;
+		ts.tv_nsec += PARK_MS * 1000000L;
 		if (ts.tv_nsec >= 1000000000) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
@@ -77,7 +80,7 @@ static void *w_sleep(void *a)
 	(void)a;
 	tids[4] = syscall(SYS_gettid);
 	for (;;) {
-		struct timespec ts = {0, 50000000};
+		struct timespec ts = {0, PARK_MS * 1000000L};
 		clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, NULL);
 		counts[4]++;
 	}
