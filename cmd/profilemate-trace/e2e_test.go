@@ -220,14 +220,21 @@ func TestRunInPidNamespace(t *testing.T) {
 	}
 }
 
-// requireRoot skips a test that needs root, except under CI=true (CI runs as root), where the
-// skip would hide a broken setup: there it fails.
+// unavailable skips a test whose prerequisite is missing here (why says which and how to get
+// it), except under CI=true: CI runs as root on x86-64 and installs every prerequisite, so a
+// skip there would hide a broken setup and the test fails instead. Only GPU tests skip in CI.
+func unavailable(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(why + " (CI=true: CI provides this, so the missing prerequisite is a failure)")
+	}
+	t.Skip(why)
+}
+
+// requireRoot: the test needs root (see unavailable).
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("test requires root; CI runs as root, so this is a failure")
-		}
-		t.Skip("test requires root")
+		unavailable(t, "test requires root")
 	}
 }
