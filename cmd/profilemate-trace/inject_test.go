@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -52,6 +53,18 @@ func pythons(t *testing.T) map[string]string {
 		unavailable(t, "no CPython 3.10-3.13 found (CI installs them under ~/.pyenv/versions)")
 	}
 	return out
+}
+
+// anyPython returns the oldest CPython 3.10-3.13 found, for tests that need one, not each.
+func anyPython(t *testing.T) string {
+	t.Helper()
+	m := pythons(t)
+	vs := make([]string, 0, len(m))
+	for v := range m {
+		vs = append(vs, v)
+	}
+	sort.Strings(vs)
+	return m[vs[0]]
 }
 
 type workload struct {
@@ -320,11 +333,7 @@ func TestAttachInjectPtraceIntoPython(t *testing.T) {
 func TestAttachInjectTwentyCycles(t *testing.T) {
 	requireInjectable(t)
 	agent, lib := testlibs(t)
-	var py string
-	for _, p := range pythons(t) {
-		py = p
-		break
-	}
+	py := anyPython(t)
 	w := startWorkload(t, py, lib)
 	var rss1 int
 	const cycles = 20
@@ -361,11 +370,7 @@ func TestAttachInjectTwentyCycles(t *testing.T) {
 func TestAttachInjectSkipsPreloaded(t *testing.T) {
 	requireInjectable(t)
 	agent, lib := testlibs(t)
-	var py string
-	for _, p := range pythons(t) {
-		py = p
-		break
-	}
+	py := anyPython(t)
 	w := startWorkload(t, py, lib, "LD_PRELOAD="+agent)
 	dir, code := attachInject(t, agent, w.pid, time.Second)
 	if code != 0 {
@@ -385,11 +390,7 @@ func TestAttachInjectSkipsPreloaded(t *testing.T) {
 func TestAttachInjectRefusals(t *testing.T) {
 	requireInjectable(t)
 	agent, lib := testlibs(t)
-	var py string
-	for _, p := range pythons(t) {
-		py = p
-		break
-	}
+	py := anyPython(t)
 	t.Run("auto", func(t *testing.T) {
 		w := startWorkload(t, py, lib)
 		out := captureStderr(t, func() {
@@ -436,11 +437,7 @@ func TestAttachInjectRefusals(t *testing.T) {
 func TestAttachInjectTargetExits(t *testing.T) {
 	requireInjectable(t)
 	agent, lib := testlibs(t)
-	var py string
-	for _, p := range pythons(t) {
-		py = p
-		break
-	}
+	py := anyPython(t)
 	w := startWorkload(t, py, lib)
 	go func() {
 		time.Sleep(1500 * time.Millisecond)
