@@ -1,13 +1,14 @@
 package export
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"testing"
+
+	"github.com/profilemate/profilemate-trace/export/exporttest"
 )
 
 // A real vLLM 0.26.0 engine (V2 model runner, FULL CUDA graphs, Triton attention, dummy
@@ -39,22 +40,9 @@ func TestRealVLLMBundleAgreesWithVLLM(t *testing.T) {
 		t.Fatal(err)
 	}
 	read := func(name string) []map[string]string {
-		f, err := os.Open(filepath.Join(out, name))
+		rows, err := exporttest.CSVRows(filepath.Join(out, name))
 		if err != nil {
 			t.Fatal(err)
-		}
-		defer f.Close()
-		recs, err := csv.NewReader(f).ReadAll()
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		var rows []map[string]string
-		for _, r := range recs[1:] {
-			row := map[string]string{}
-			for i, h := range recs[0] {
-				row[h] = r[i]
-			}
-			rows = append(rows, row)
 		}
 		return rows
 	}

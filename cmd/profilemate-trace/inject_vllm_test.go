@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/profilemate/profilemate-trace/export"
+	"github.com/profilemate/profilemate-trace/export/exporttest"
 )
 
 // The whole #8 chain on REAL vLLM (CPU, no GPU): a process of a real vLLM venv (0.33.0, 0.11.0;
@@ -85,22 +85,9 @@ func vllmPythons(t *testing.T) []string {
 
 func readCSVRows(t *testing.T, path string) []map[string]string {
 	t.Helper()
-	f, err := os.Open(path)
+	rows, err := exporttest.CSVRows(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	recs, err := csv.NewReader(f).ReadAll()
-	if err != nil || len(recs) == 0 {
-		t.Fatalf("%s: %v", path, err)
-	}
-	var rows []map[string]string
-	for _, r := range recs[1:] {
-		row := map[string]string{}
-		for i, h := range recs[0] {
-			row[h] = r[i]
-		}
-		rows = append(rows, row)
 	}
 	return rows
 }

@@ -3,6 +3,7 @@
 package exporttest
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -172,4 +173,29 @@ func U64s(v ...uint64) []byte {
 func KV(op, pool, numFree, aux uint32, ts uint64, ids ...uint32) []byte {
 	b := U32s(ids...)
 	return record.AppendPyKVBlocks(nil, &record.PyKVBlocks{TsNS: ts, TID: 1, Op: op, PoolID: pool, NumFree: numFree, Aux: aux, BlockIdsLen: uint32(len(b)), BlockIds: b})
+}
+
+// CSVRows reads an output CSV file into one map per data row, keyed by the header's column names.
+func CSVRows(path string) ([]map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("%s: no header", path)
+	}
+	rows := make([]map[string]string, 0, len(recs)-1)
+	for _, r := range recs[1:] {
+		row := map[string]string{}
+		for i, h := range recs[0] {
+			row[h] = r[i]
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
 }
