@@ -81,16 +81,7 @@ func startWorkload(t *testing.T, python, lib string, env ...string) *workload {
 	cmd := exec.Command(python, filepath.Join(root, "internal/inject/testdata/pyworkload.py"))
 	cmd.Env = append(cleanEnv(), append([]string{"LD_LIBRARY_PATH=" + lib}, env...)...)
 	cmd.Stderr = os.Stderr
-	in, _ := cmd.StdinPipe()
-	o, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w := &workload{cmd: cmd, in: in, out: bufio.NewReader(o)}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
+	w := startTarget(t, cmd)
 	l := w.line(t, 20*time.Second)
 	f := strings.Fields(l)
 	if len(f) != 2 || f[0] != "READY" {
@@ -98,6 +89,22 @@ func startWorkload(t *testing.T, python, lib string, env ...string) *workload {
 	}
 	w.pid, _ = strconv.Atoi(f[1])
 	return w
+}
+
+// startTarget starts cmd (its Env and Stderr set by the caller) with pipes for the line protocol
+// of the test targets, and kills it when the test ends. The caller reads READY.
+func startTarget(t *testing.T, cmd *exec.Cmd) *workload {
+	t.Helper()
+	in, _ := cmd.StdinPipe()
+	o, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return &workload{cmd: cmd, in: in, out: bufio.NewReader(o)}
 }
 
 // cleanEnv drops what would preload or configure the agent or the hook in the workload.

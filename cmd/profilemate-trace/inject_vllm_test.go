@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -105,15 +104,7 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 			cmd.Env = append(cleanEnv(), "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_LOGGING_LEVEL=ERROR")
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
-			in, _ := cmd.StdinPipe()
-			o, _ := cmd.StdoutPipe()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			w := &workload{cmd: cmd, in: in, out: bufio.NewReader(o)}
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				cmd.Wait()
+			t.Cleanup(func() { // registered first, so it runs after startTarget's kill and wait
 				if t.Failed() {
 					s := stderr.String()
 					if len(s) > 4000 {
@@ -122,6 +113,7 @@ func TestAttachInjectPtraceRealVLLM(t *testing.T) {
 					t.Logf("target stderr:\n%s", s)
 				}
 			})
+			w := startTarget(t, cmd)
 			f := strings.Fields(w.line(t, 180*time.Second))
 			if len(f) != 3 || f[0] != "READY" {
 				t.Fatalf("target: %v", f)
