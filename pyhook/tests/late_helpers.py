@@ -1,13 +1,13 @@
 """Helpers for the late-start tests, used inside the test subprocesses: a tracer stand-in that
 finds the hook's memfd as `attach` does (/proc/PID/fd), maps it, consumes records and writes
-the control words; and an identity snapshot of every vLLM class and module dictionary."""
+the control words; and (from identity.py) an identity snapshot of every vLLM class and module dict."""
 import mmap
 import os
 import struct
 import threading
 import time
-import types
 
+from identity import changed, snapshot  # noqa: F401  (re-exported for the late-start tests)
 from profilemate_trace.decode import decode
 
 HDR = 4096
@@ -87,32 +87,6 @@ class Tracer:
                 return True
             time.sleep(0.01)
         return cond()
-
-
-def snapshot(prefix="vllm"):
-    """{(module, class or None, attr): object} for every class and module dict under prefix."""
-    import sys
-
-    snap = {}
-    for name, mod in list(sys.modules.items()):
-        if mod is None or not (name == prefix or name.startswith(prefix + ".")):
-            continue
-        for k, v in list(vars(mod).items()):
-            snap[(name, None, k)] = v
-            if isinstance(v, type) and getattr(v, "__module__", None) == name:
-                for ak, av in list(vars(v).items()):
-                    snap[(name, k, ak)] = av
-    return snap
-
-
-def changed(before, after):
-    """Entries whose object is not the same (identity), or that appeared or vanished."""
-    mods = {k[0] for k in before}
-    diff = [k for k in before if k in after and after[k] is not before[k]]
-    diff += [("added",) + k for k in after if k not in before and k[0] in mods
-             and not isinstance(after[k], types.ModuleType)]  # submodules imported meanwhile
-    diff += [("removed",) + k for k in before if k not in after]
-    return diff
 
 
 def hook_free(obj, keys0):

@@ -17,7 +17,6 @@ import os
 import sys
 import threading
 import time
-import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,7 +24,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 BLOCK = 16
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # real/ and tests/: neither holds profilemate_trace
+from identity import changed, snapshot  # noqa: E402  (imports nothing of ours)
 from vllm_objects import _params  # noqa: E402  (imports nothing of ours)
 from vllm_objects import build as _build  # noqa: E402
 
@@ -60,28 +61,6 @@ def request_factory():
         return Request("req-%d" % i, [10 + (i * 7 + j) % 900 for j in range(n_prompt)], sp, None, **kw)
 
     return make
-
-
-def snapshot(prefix="vllm"):
-    snap = {}
-    for name, mod in list(sys.modules.items()):
-        if mod is None or not (name == prefix or name.startswith(prefix + ".")):
-            continue
-        for k, v in list(vars(mod).items()):
-            snap[(name, None, k)] = v
-            if isinstance(v, type) and getattr(v, "__module__", None) == name:
-                for ak, av in list(vars(v).items()):
-                    snap[(name, k, ak)] = av
-    return snap
-
-
-def changed(before, after):
-    mods = {k[0] for k in before}
-    diff = [k for k in before if k in after and after[k] is not before[k]]
-    diff += [("added",) + k for k in after if k not in before and k[0] in mods
-             and not isinstance(after[k], types.ModuleType)]
-    diff += [("removed",) + k for k in before if k not in after]
-    return diff
 
 
 def main():
