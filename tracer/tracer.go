@@ -355,11 +355,13 @@ func (t *Tracer) purgeMaps(pid, space uint32) {
 	for _, k := range cdel {
 		t.codes.Delete(k)
 	}
-	t.codesChanged()
+	if len(cdel) > 0 {
+		t.codesChanged()
+	}
 }
 
-// codesChanged tells the BPF walks that pm_codes changed: what each thread's earlier walks
-// remember (pm_chains) is tagged with the generation and stops counting. Called with t.mu held,
+// codesChanged tells the BPF walks that pm_codes changed: what the walks on each CPU remember
+// (pm_chains) is tagged with the generation and stops counting. Called with t.mu held,
 // after the change, so a walk that sees the new generation also sees the new codes.
 func (t *Tracer) codesChanged() {
 	t.genN++
@@ -463,12 +465,14 @@ func (t *Tracer) scanPhases(p *proc) int {
 	if err != nil {
 		t.log.Warn("code scan incomplete", "pid", p.pid, "error", err)
 	}
+	marks := map[uint64]uint16{}
 	for _, c := range codes {
 		if _, ok := p.phaseCodes[c.Addr]; !ok {
-			t.markPhase(p, c.Addr, t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ))
+			marks[c.Addr] = t.cfg.Phases.Match(c.Qualname, c.Filename, hasQ)
 			p.unnamed = append(p.unnamed, c.Addr) // named in the stream by Run (ebpf_code_info)
 		}
 	}
+	t.markPhases(p, marks)
 	return len(codes)
 }
 
@@ -490,12 +494,21 @@ func (t *Tracer) refreshThreads(p *proc) {
 }
 
 func (t *Tracer) markPhase(p *proc, code uint64, phase uint16) {
-	p.phaseCodes[code] = phase
-	k := bpf.CodeKey{Space: p.space, Code: code}
-	if err := t.codes.Update(k, bpf.CodeVal{Phase: phase}, ebpf.UpdateAny); err != nil {
-		t.log.Warn("marking phase code", "pid", p.pid, "error", err)
+	t.markPhases(p, map[uint64]uint16{code: phase})
+}
+
+// markPhases marks code objects of p as phases in pm_codes, then bumps the code generation once.
+func (t *Tracer) markPhases(p *proc, marks map[uint64]uint16) {
+	for code, phase := range marks {
+		p.phaseCodes[code] = phase
+		k := bpf.CodeKey{Space: p.space, Code: code}
+		if err := t.codes.Update(k, bpf.CodeVal{Phase: phase}, ebpf.UpdateAny); err != nil {
+			t.log.Warn("marking phase code", "pid", p.pid, "error", err)
+		}
 	}
-	t.codesChanged()
+	if len(marks) > 0 {
+		t.codesChanged()
+	}
 }
 
 func (t *Tracer) fillThreads(p *proc, threads []pyproc.Thread) {
