@@ -2,6 +2,7 @@ package ring
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -45,6 +46,7 @@ func Find(pid int) ([]Found, error) {
 type Reader struct {
 	mapping
 	broken error
+	claim  *os.File // the open file description holding the consumer lock (Claim)
 }
 
 // Open opens and maps a ring file (for example a /proc/PID/fd/N path from Find).
@@ -184,5 +186,96 @@ func (r *Reader) Read(fn func(rec []byte) error) (int, error) {
 	return n, nil
 }
 
-// Close unmaps the ring and closes its file.
-func (r *Reader) Close() error { return r.close() }
+// Close unmaps the ring, closes its file and gives up the claim.
+func (r *Reader) Close() error {
+	if r.claim != nil {
+		r.claim.Close()
+		r.claim = nil
+	}
+	return r.close()
+}
+
+// ErrClaimed is wrapped by Claim's error when another consumer holds the ring.
+var ErrClaimed = errors.New("ring: read by another tracer")
+
+// ClaimError says who holds a ring that Claim could not take.
+type ClaimError struct {
+	Holder  int    // pid of the holder in our pid namespace; 0 when /proc/locks did not say
+	Cmdline string // the holder's command line, when readable
+}
+
+func (e *ClaimError) Error() string {
+	switch {
+	case e.Holder > 0 && e.Cmdline != "":
+		return fmt.Sprintf("ring: read by another tracer, pid %d (%s)", e.Holder, e.Cmdline)
+	case e.Holder > 0:
+		return fmt.Sprintf("ring: read by another tracer, pid %d", e.Holder)
+	}
+	return ErrClaimed.Error()
+}
+
+func (e *ClaimError) Unwrap() error { return ErrClaimed }
+
+// Claim makes r the ring's only consumer. A ring has one tail: two readers split its
+// records between them, and their control words overwrite each other's (a second tracer
+// attached to a traced server). The claim is an exclusive flock(2) on an open file
+// description of r's own, so it works whether r's file came from /proc/PID/fd or was
+// handed over by the producer (which shares the producer's description); the kernel
+// drops it when r is closed or the tracer dies. Producers never lock. Claim does not
+// block: when another reader holds the ring it returns a *ClaimError naming it.
+func (r *Reader) Claim() error {
+	if r.claim != nil {
+		return nil
+	}
+	if r.f == nil {
+		return fmt.Errorf("ring: claim on closed reader")
+	}
+	own, err := os.OpenFile("/proc/self/fd/"+strconv.Itoa(int(r.f.Fd())), os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("ring: claim: %w", err)
+	}
+	for {
+		err = unix.Flock(int(own.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err == nil {
+		r.claim = own
+		return nil
+	}
+	defer own.Close()
+	if err != unix.EWOULDBLOCK {
+		return fmt.Errorf("ring: claim: flock: %w", err)
+	}
+	var st unix.Stat_t
+	ce := &ClaimError{}
+	if unix.Fstat(int(own.Fd()), &st) == nil {
+		if b, err := os.ReadFile("/proc/locks"); err == nil {
+			ce.Holder = flockHolder(b, st.Dev, st.Ino)
+		}
+	}
+	if ce.Holder > 0 {
+		if b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(ce.Holder), "cmdline")); err == nil {
+			ce.Cmdline = strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return ce
+}
+
+// flockHolder finds the pid holding a flock on the file dev:ino in the text of /proc/locks
+// ("1: FLOCK  ADVISORY  WRITE 4242 00:01:2088 0 EOF"; device numbers in hex, the inode in
+// decimal); 0 when none is listed.
+func flockHolder(locks []byte, dev, ino uint64) int {
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), ino)
+	for _, line := range strings.Split(string(locks), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || f[5] != want {
+			continue // "->" lines are waiters: their columns shift, and they hold nothing
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil && pid > 0 {
+			return pid
+		}
+	}
+	return 0
+}
