@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/profilemate/profilemate-trace/export"
+	"github.com/profilemate/profilemate-trace/internal/collect"
 )
 
 // Tests of attach --inject against CPython processes started with nothing preloaded, driving the
@@ -167,7 +168,8 @@ type injMeta struct {
 		} `json:"processes"`
 		StagingRemoved bool `json:"staging_removed"`
 	} `json:"injection"`
-	Warnings []string `json:"warnings"`
+	ContendedRings []collect.Contention `json:"contended_rings"`
+	Warnings       []string             `json:"warnings"`
 }
 
 // attachInject runs attach --inject=ptrace on pid for d and returns the session directory.

@@ -154,7 +154,7 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 		case <-runCtx.Done():
 			return
 		}
-		if !hasSource(col, "cupti") && len(inj.Injected()) == 0 {
+		if !hasSource(col, "cupti") && !contended(col, "cupti") && len(inj.Injected()) == 0 {
 			msg := fmt.Sprintf("no profilemate agent in pid %d or its children: GPU kernel records are unavailable. Start the server with LD_PRELOAD=<path>/libprofilemate.so (dormant until attached) to get them", cfg.Pid)
 			fmt.Fprintln(cfg.Stderr, "profilemate-trace:", msg)
 		}
@@ -200,11 +200,11 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 	if ferr != nil {
 		md.Warnings = append(md.Warnings, ferr.Error())
 	}
-	if !hasStreamSource(streams, "cupti") {
+	if !hasStreamSource(streams, "cupti") && !contended(col, "cupti") {
 		warnings = append(warnings, "no profilemate agent found in the process tree: no GPU kernel records")
 	}
 	res := &Result{SessionDir: sess.Path, Streams: streams}
-	finishMeta(md, streams, col.Pids(), warnings)
+	finishMeta(md, streams, col, warnings)
 	res.Drops = md.Drops
 	res.Warnings = md.Warnings
 	if err := writeOutputs(sess, md, cfg.NoBundle, res); err != nil {
@@ -216,6 +216,17 @@ func Attach(ctx context.Context, cfg AttachConfig) (*Result, error) {
 func hasSource(col *collect.Collector, src string) bool {
 	for _, s := range col.Sources() {
 		if s == src {
+			return true
+		}
+	}
+	return false
+}
+
+// contended reports whether a ring of src was found held by another tracer (the capture's
+// warnings say so; "no agent" would be wrong).
+func contended(col *collect.Collector, src string) bool {
+	for _, c := range col.Contended() {
+		if c.Source == src {
 			return true
 		}
 	}

@@ -5,14 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/profilemate/profilemate-trace/internal/collect"
 	"github.com/profilemate/profilemate-trace/internal/inject"
+	"github.com/profilemate/profilemate-trace/internal/record"
 	"github.com/profilemate/profilemate-trace/internal/ring"
 )
 
@@ -80,5 +84,72 @@ func TestAttachInjectRefusalIsSetupError(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(base); len(ents) != 0 {
 		t.Errorf("session written for a refused injection: %v", ents)
+	}
+}
+
+// An attach beside another capture of the same process: the rings the other one holds are
+// left to it, metadata.json names it under contended_rings with a warning, and the attach
+// collects the ring once the other capture ends (a daemon window ending under a CLI attach).
+func TestAttachBesideAnotherCapture(t *testing.T) {
+	w, err := ring.Create(ring.SourcePyhook, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for i := uint64(0); ctx.Err() == nil; i++ {
+			w.Write(record.AppendLog(nil, &record.Log{TsNS: i, Text: []byte("step")}))
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	attach := func(d time.Duration, log *bytes.Buffer) *Result {
+		var stderr bytes.Buffer
+		res, err := Attach(ctx, AttachConfig{Pid: os.Getpid(), Duration: d, OutputDir: t.TempDir(), Detail: ring.DetailGraph,
+			NoBundle: true, Stderr: &stderr, Log: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		if err != nil {
+			t.Errorf("attach: %v\n%s", err, stderr.String())
+		}
+		return res
+	}
+	var firstLog, secondLog bytes.Buffer // each written by its attach's logger only, read after it returned
+	firstDone := make(chan *Result)
+	go func() { firstDone <- attach(1500*time.Millisecond, &firstLog) }()
+	time.Sleep(500 * time.Millisecond)
+	second := attach(3*time.Second, &secondLog)
+	first := <-firstDone
+	if first == nil || second == nil {
+		t.FailNow()
+	}
+	if len(first.Streams) != 1 || first.Streams[0].Records == 0 || len(second.Streams) != 1 || second.Streams[0].Records == 0 {
+		t.Fatalf("streams: first %+v, second %+v (want the ring's records in both, each its own part)", first.Streams, second.Streams)
+	}
+	b, err := os.ReadFile(filepath.Join(second.SessionDir, "metadata.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md struct {
+		ContendedRings []collect.Contention `json:"contended_rings"`
+		Warnings       []string
+	}
+	if err := json.Unmarshal(b, &md); err != nil {
+		t.Fatal(err)
+	}
+	if len(md.ContendedRings) != 1 {
+		t.Fatalf("contended_rings %+v, want the pyhook ring", md.ContendedRings)
+	}
+	ct := md.ContendedRings[0]
+	if ct.Pid != os.Getpid() || ct.Source != "pyhook" || ct.Holder != os.Getpid() || ct.TakenOverSec < 0.5 || ct.TakenOverSec > 2 {
+		t.Errorf("contended ring %+v: want pid %d's pyhook ring, held by pid %d until the first capture ended ~1 s in", ct, os.Getpid(), os.Getpid())
+	}
+	if !slices.Contains(md.Warnings, ct.Message()) {
+		t.Errorf("warnings %q lack %q", md.Warnings, ct.Message())
+	}
+	if !strings.Contains(secondLog.String(), "another tracer reads this ring") || !strings.Contains(secondLog.String(), "let go of this ring") {
+		t.Errorf("the second attach did not warn when it found the ring held and when it took it over:\n%s", secondLog.String())
+	}
+	if strings.Contains(firstLog.String(), "another tracer") {
+		t.Errorf("the first attach saw a contention:\n%s", firstLog.String())
 	}
 }

@@ -210,7 +210,7 @@ loop:
 		md.Warnings = append(md.Warnings, ferr.Error())
 	}
 	res.Streams = streams
-	finishMeta(md, streams, col.Pids(), nil)
+	finishMeta(md, streams, col, nil)
 	res.Drops = md.Drops
 	res.Warnings = md.Warnings[printed:]
 	if err := writeOutputs(sess, md, cfg.NoBundle, res); err != nil {
@@ -301,12 +301,19 @@ func exitCode(err error, cmd *exec.Cmd) int {
 	return cmd.ProcessState.ExitCode()
 }
 
-func finishMeta(md *meta.Metadata, streams []collect.StreamInfo, pids []int, warnings []string) {
+func finishMeta(md *meta.Metadata, streams []collect.StreamInfo, col *collect.Collector, warnings []string) {
 	md.EndTime = time.Now().UTC()
 	md.EndMonotonicNs = meta.MonotonicNs()
 	md.DurationSec = float64(md.EndMonotonicNs-md.StartMonotonicNs) / 1e9
 	md.Streams = streams
 	md.Warnings = append(md.Warnings, warnings...)
+	if ct := col.Contended(); len(ct) > 0 {
+		md.ContendedRings = ct
+		for _, c := range ct {
+			md.Warnings = append(md.Warnings, c.Message())
+		}
+	}
+	pids := col.Pids()
 	seen := map[int]bool{}
 	for _, s := range streams {
 		md.Drops.RingRecords += s.RecordsDropped

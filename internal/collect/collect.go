@@ -93,14 +93,27 @@ type stream struct {
 	launch  uint64
 }
 
+// Contention is a ring that another tracer was reading when this collector found it. A ring
+// has one consumer (ring.Reader.Claim): the collector does not read or steer it, and takes it
+// over at a later scan if the other tracer lets go.
+type Contention struct {
+	Pid           int     `json:"pid"`
+	Source        string  `json:"source"`
+	Holder        int     `json:"holder_pid,omitempty"`
+	HolderCmdline string  `json:"holder_cmdline,omitempty"`
+	RefusedSec    float64 `json:"refused_sec"`              // seconds into the capture of the first refusal
+	TakenOverSec  float64 `json:"taken_over_sec,omitempty"` // seconds into the capture it was ours; 0 = never
+}
+
 // Collector owns the rings and raw files of one capture.
 type Collector struct {
-	opts    Options
-	mu      sync.Mutex
-	streams map[uint64]*stream // by ring inode
-	roots   map[int]bool
-	seen    map[int]bool
-	start   time.Time
+	opts      Options
+	mu        sync.Mutex
+	streams   map[uint64]*stream // by ring inode
+	contended map[uint64]*Contention
+	roots     map[int]bool
+	seen      map[int]bool
+	start     time.Time
 }
 
 // New returns a Collector; call Watch and Run, then Finish.
@@ -114,7 +127,7 @@ func New(opts Options) *Collector {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Collector{opts: opts, streams: map[uint64]*stream{}, roots: map[int]bool{}, seen: map[int]bool{}, start: time.Now()}
+	return &Collector{opts: opts, streams: map[uint64]*stream{}, contended: map[uint64]*Contention{}, roots: map[int]bool{}, seen: map[int]bool{}, start: time.Now()}
 }
 
 // Watch adds pid and, from then on, its descendants to the scanned tree.
@@ -152,6 +165,24 @@ func (c *Collector) Add(pid int, source string, f *os.File, via string) error {
 	r, err := ring.OpenFile(f)
 	if err != nil {
 		return fmt.Errorf("ring of pid %d (%s): %w", pid, source, err)
+	}
+	if err := r.Claim(); err != nil {
+		r.Close()
+		var ce *ring.ClaimError
+		if !errors.As(err, &ce) {
+			return fmt.Errorf("ring of pid %d (%s): %w", pid, source, err)
+		}
+		if _, ok := c.contended[st.Ino]; !ok {
+			c.contended[st.Ino] = &Contention{Pid: pid, Source: source, Holder: ce.Holder, HolderCmdline: ce.Cmdline,
+				RefusedSec: time.Since(c.start).Seconds()}
+			c.opts.Log.Warn(fmt.Sprintf("pid %d (%s): another tracer reads this ring; collecting it only if that tracer lets go", pid, source),
+				"holder", holderName(ce.Holder, ce.Cmdline))
+		}
+		return nil
+	}
+	if ct, ok := c.contended[st.Ino]; ok && ct.TakenOverSec == 0 {
+		ct.TakenOverSec = time.Since(c.start).Seconds()
+		c.opts.Log.Warn(fmt.Sprintf("pid %d (%s): the other tracer let go of this ring after %.1f s; collecting it from now on", pid, source, ct.TakenOverSec))
 	}
 	h := r.Header()
 	if h.Pid != 0 && int(h.Pid) != pid && via == "scan" {
@@ -193,6 +224,45 @@ func (c *Collector) Add(pid int, source string, f *os.File, via string) error {
 	r.Heartbeat()
 	c.opts.Log.Debug("stream found", "pid", pid, "source", source, "via", via, "file", name)
 	return nil
+}
+
+func holderName(pid int, cmdline string) string {
+	switch {
+	case pid > 0 && cmdline != "":
+		return fmt.Sprintf("pid %d (%s)", pid, cmdline)
+	case pid > 0:
+		return fmt.Sprintf("pid %d", pid)
+	}
+	return "a process /proc/locks does not name"
+}
+
+// Contended returns the rings another tracer was reading when this collector found them,
+// by pid and source.
+func (c *Collector) Contended() []Contention {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Contention, 0, len(c.contended))
+	for _, ct := range c.contended {
+		out = append(out, *ct)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Pid != out[j].Pid {
+			return out[i].Pid < out[j].Pid
+		}
+		return out[i].Source < out[j].Source
+	})
+	return out
+}
+
+// Message says what a contention cost this capture, for metadata.json's warnings.
+func (ct Contention) Message() string {
+	who := "another tracer, " + holderName(ct.Holder, ct.HolderCmdline) + ","
+	if ct.TakenOverSec == 0 {
+		return fmt.Sprintf("pid %d (%s): %s was reading this ring from %.1f s into the capture to its end: its records of that time are in that tracer's session, not this one (one tracer per process; stop the other capture first)",
+			ct.Pid, ct.Source, who, ct.RefusedSec)
+	}
+	return fmt.Sprintf("pid %d (%s): %s was reading this ring until %.1f s into the capture: its records before that are in that tracer's session, not this one",
+		ct.Pid, ct.Source, who, ct.TakenOverSec)
 }
 
 func exists(m map[uint64]*stream, name string) bool {

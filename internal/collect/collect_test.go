@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,5 +154,88 @@ func TestDescendants(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("this process is not a descendant of pid 1: %v", got)
+	}
+}
+
+// Two collectors on one ring (a daemon window and an attach on the same server): the second
+// neither reads the ring nor writes its control words while the first holds it, names the
+// first as the holder, and takes the ring over once the first finishes. Every record is read
+// exactly once, by whichever collector held the ring when it was written.
+func TestSecondCollectorWaitsForTheRing(t *testing.T) {
+	w, err := ring.Create(ring.SourceCUPTI, 1<<12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	type run struct {
+		c      *Collector
+		dir    string
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	start := func(detail ring.Detail) *run {
+		r := &run{dir: t.TempDir(), done: make(chan struct{})}
+		r.c = New(Options{Create: files{r.dir}.create, Enable: true, Detail: detail, DisableOnFinish: true, Poll: 10 * time.Millisecond, Scan: 10 * time.Millisecond})
+		r.c.Watch(os.Getpid())
+		var ctx context.Context
+		ctx, r.cancel = context.WithCancel(context.Background())
+		go func() { r.c.Run(ctx, nil); close(r.done) }()
+		return r
+	}
+	until := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			for !w.Write(record.AppendLog(nil, &record.Log{TsNS: uint64(i), Text: []byte("x")})) {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	finish := func(r *run) []StreamInfo {
+		r.cancel()
+		<-r.done
+		infos, err := r.c.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return infos
+	}
+
+	first := start(ring.DetailNodes)
+	until("the first collector's stream", func() bool { return len(first.c.Sources()) == 1 })
+	second := start(ring.DetailGraph)
+	until("the second collector to find the ring held", func() bool { return len(second.c.Contended()) == 1 })
+	ct := second.c.Contended()[0]
+	if ct.Pid != os.Getpid() || ct.Source != "cupti" || ct.Holder != os.Getpid() || ct.TakenOverSec != 0 {
+		t.Fatalf("contention %+v: want this process's cupti ring held by pid %d", ct, os.Getpid())
+	}
+	write(60)
+	time.Sleep(50 * time.Millisecond) // several scans of the second collector
+	if n := len(second.c.Sources()); n != 0 {
+		t.Fatalf("the second collector reads the held ring (%d streams)", n)
+	}
+	if en, d, _ := w.Ack(); en != 1 || d != ring.DetailNodes {
+		t.Fatalf("control words %d/%v: the second collector wrote them while the first held the ring", en, d)
+	}
+	a := finish(first)
+	until("the second collector to take the ring over", func() bool { return len(second.c.Sources()) == 1 })
+	if en, d, _ := w.Ack(); en != 1 || d != ring.DetailGraph {
+		t.Fatalf("control words after the take-over: %d/%v, want the second collector's graph detail", en, d)
+	}
+	write(40)
+	time.Sleep(50 * time.Millisecond)
+	b := finish(second)
+	if len(a) != 1 || a[0].Records != 60 || len(b) != 1 || b[0].Records != 40 {
+		t.Fatalf("records: first %+v, second %+v; want 60 and 40", a, b)
+	}
+	ct = second.c.Contended()[0]
+	if ct.TakenOverSec <= ct.RefusedSec || !strings.Contains(ct.Message(), "until") || !strings.Contains(ct.Message(), "pid "+strconv.Itoa(os.Getpid())) {
+		t.Errorf("contention at the end %+v: %q", ct, ct.Message())
 	}
 }

@@ -297,7 +297,9 @@ func (d *Daemon) run(ctx context.Context, r *running, c *Capture, dir string, re
 		log.Warn("capture failed", "err", err)
 	} else {
 		c.State = StateDone
-		c.Warnings = lw.lines
+		// What attach printed as it went, then the session's own warnings (metadata.json:
+		// contended rings, producer messages, drops).
+		c.Warnings = append(lw.lines, res.Warnings...)
 		d.m.captures.WithLabelValues("done").Inc()
 		if !stopAt.IsZero() {
 			d.m.stopToBundle.Observe(end.Sub(stopAt).Seconds())

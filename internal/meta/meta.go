@@ -42,8 +42,10 @@ type Metadata struct {
 	// unavailable in this vLLM version, disabled, failed).
 	PyhookPatches any `json:"pyhook_patches,omitempty"`
 	// Injection says how attach --inject loaded the agent and the hook (internal/inject.Injection).
-	Injection any      `json:"injection,omitempty"`
-	Warnings  []string `json:"warnings,omitempty"`
+	Injection any `json:"injection,omitempty"`
+	// ContendedRings are rings another tracer was reading (internal/collect.Contention).
+	ContendedRings any      `json:"contended_rings,omitempty"`
+	Warnings       []string `json:"warnings,omitempty"`
 }
 
 // Host describes the machine.
