@@ -415,10 +415,18 @@ func TestToken(t *testing.T) {
 	}
 }
 
-// TestSchedule: --every/--window start windows on every vLLM tree by themselves.
+// TestSchedule: --every/--window start windows on every vLLM tree by themselves. The daemon
+// is limited to the fake's own namespace: a schedule takes every vLLM process of the host,
+// and the tests of other packages run theirs beside this one (the real-vLLM attach tests of
+// cmd/profilemate-trace lost records to this test's windows before rings had one reader).
 func TestSchedule(t *testing.T) {
-	f := startFake(t, "solo", 0)
-	td := newTestDaemon(t, func(c *Config) { c.Every = 1500 * time.Millisecond; c.Window = 300 * time.Millisecond })
+	ns := fmt.Sprintf("pm-schedule-%d", os.Getpid())
+	f := startFake(t, "solo", 0, "POD_NAMESPACE="+ns, "POD_NAME=vllm-0")
+	td := newTestDaemon(t, func(c *Config) {
+		c.Every = 1500 * time.Millisecond
+		c.Window = 300 * time.Millisecond
+		c.Allow.Namespaces = []string{ns}
+	})
 	var got Capture
 	waitFor(t, 10*time.Second, "a scheduled capture of the fake server to finish", func() bool {
 		list, _ := td.cl.List()
