@@ -47,6 +47,11 @@ the injected producers detach (the library stays mapped, inert) and the staging 
 be unloaded safely, so a process whose CUPTI was armed stays somewhat slower after detach until it
 restarts (7-10 % on a CUDA-graph loop with a read-back per step, measured on an H200).
 
+One tracer per process: a server's records can go to one capture only. If another capture (a
+daemon window, a second attach) is reading a ring of the tree, attach leaves it alone, warns with
+that tracer's pid and command, and takes the ring over when the other lets go; metadata.json
+(contended_rings) says what went elsewhere.
+
 Exit codes: 0 done; 2 usage; 3 setup (permissions, output directory, injection refused or
 failed); 4 no such process.`,
 		Flags: append([]cli.Flag{
