@@ -18,18 +18,13 @@ from profilemate_trace.decode import decode  # noqa: E402
 import profilemate_trace.runtime as rt  # noqa: E402  (already active via sitecustomize)
 
 sys.path.insert(0, HERE)
-from vllm_objects import _params, build, make_request  # noqa: E402  (late_real_vllm and test_snapshot import them from here)
+from vllm_objects import _params, build, make_request, runner_output  # noqa: E402  (late_real_vllm and test_snapshot import them from here)
 
 
 def drive():
     from vllm.v1.engine import EngineCoreEventType
-    import dataclasses
 
-    from vllm.v1.outputs import ModelRunnerOutput
-
-    MRO_FIELDS = {f.name for f in dataclasses.fields(ModelRunnerOutput)
-                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-
+    to_output = runner_output()
     vllm_config, s = build(num_blocks=12, block_size=16, max_tokens=64, max_seqs=4, prefix_caching=True)
     # (the BlockPool's py_kv_config record was written during build: keep it)
     reqs = [make_request(i, 40 + 8 * i, 24) for i in range(4)]
@@ -42,17 +37,7 @@ def drive():
         steps += 1
         so = s.schedule()
         running_after_schedule.append(s.get_request_counts())
-        ids = list(so.num_scheduled_tokens)
-        sampled = []
-        for rid in ids:
-            req = s.requests[rid]
-            sampled.append([5] if req.num_computed_tokens >= req.num_tokens else [])
-        mro_kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
-        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
-            if opt in MRO_FIELDS:  # required fields in vLLM 2025
-                mro_kw[opt] = val
-        mro = ModelRunnerOutput(**mro_kw)
-        outs = s.update_from_output(so, mro)
+        outs = s.update_from_output(so, to_output(s, so))
         stats = None
         for eco in outs.values():
             if eco.scheduler_stats is not None:

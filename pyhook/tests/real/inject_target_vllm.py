@@ -27,52 +27,21 @@ BLOCK = 16
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # real/ and tests/: neither holds profilemate_trace
 from identity import changed, snapshot  # noqa: E402  (imports nothing of ours)
-from vllm_objects import _params  # noqa: E402  (imports nothing of ours)
-from vllm_objects import build as _build  # noqa: E402
+from vllm_objects import build as _build  # noqa: E402  (imports nothing of ours)
+from vllm_objects import request_factory, runner_output  # noqa: E402
 
 
 def build(num_blocks, block_size, max_tokens, max_seqs, max_model_len=512):
     return _build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching=True, max_model_len=max_model_len)[1]
 
 
-def request_factory():
-    """make(i, n_prompt, max_tokens); vLLM's NONE_HASH global is initialised once, here, before
-    the identity snapshot (drive_real_vllm.make_request re-initialises it per request)."""
-    from vllm.sampling_params import SamplingParams
-    from vllm.v1.request import Request
-
-    kw = {}
-    if "eos_token_id" in _params(Request.__init__):
-        kw["eos_token_id"] = 2
-    try:
-        try:
-            from vllm.utils.hashing import sha256
-        except ImportError:
-            from vllm.utils import sha256
-        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
-
-        init_none_hash(sha256)
-        kw["block_hasher"] = get_request_block_hasher(BLOCK, sha256)
-    except Exception:
-        pass
-
-    def make(i, n_prompt, max_tokens):
-        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-        return Request("req-%d" % i, [10 + (i * 7 + j) % 900 for j in range(n_prompt)], sp, None, **kw)
-
-    return make
-
-
 def main():
-    import dataclasses
-
-    from vllm.v1.outputs import ModelRunnerOutput
-
-    required = {f.name for f in dataclasses.fields(ModelRunnerOutput)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     s = build(num_blocks=48, block_size=BLOCK, max_tokens=64, max_seqs=4)
     pool = s.kv_cache_manager.block_pool
-    make = request_factory()
+    # vLLM's NONE_HASH global is initialised once, here, before the identity snapshot
+    # (make_request would re-initialise it per request).
+    make = request_factory(BLOCK)
+    to_output = runner_output()
     lock = threading.Lock()
     steps = []  # per step: [tokens, reqs, kv free after schedule, after update]
 
@@ -81,15 +50,9 @@ def main():
             s.add_request(make(k, 9 + (k * 13) % 70, 2 + k % 7))
         so = s.schedule()
         free_sched = pool.get_num_free_blocks()
-        ids = list(so.num_scheduled_tokens)
-        sampled = [[5] if s.requests[r].num_computed_tokens >= s.requests[r].num_tokens else [] for r in ids]
-        kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
-        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
-            if opt in required:
-                kw[opt] = val
-        s.update_from_output(so, ModelRunnerOutput(**kw))
+        s.update_from_output(so, to_output(s, so))
         with lock:
-            steps.append([so.total_num_scheduled_tokens, len(ids), free_sched, pool.get_num_free_blocks()])
+            steps.append([so.total_num_scheduled_tokens, len(so.num_scheduled_tokens), free_sched, pool.get_num_free_blocks()])
 
     step(0)
     snap = snapshot()

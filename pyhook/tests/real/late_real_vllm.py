@@ -28,25 +28,16 @@ def by(recs, name):
 
 
 def serve(s, reqs, max_steps=400):
-    import dataclasses
+    from vllm_objects import runner_output
 
-    from vllm.v1.outputs import ModelRunnerOutput
-
-    required = {f.name for f in dataclasses.fields(ModelRunnerOutput)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    to_output = runner_output()
     for r in reqs:
         s.add_request(r)
     steps = 0
     while s.requests and steps < max_steps:
         steps += 1
         so = s.schedule()
-        ids = list(so.num_scheduled_tokens)
-        sampled = [[5] if s.requests[rid].num_computed_tokens >= s.requests[rid].num_tokens else [] for rid in ids]
-        kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
-        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
-            if opt in required:
-                kw[opt] = val
-        s.update_from_output(so, ModelRunnerOutput(**kw))
+        s.update_from_output(so, to_output(s, so))
     return steps
 
 

@@ -58,11 +58,12 @@ def build(num_blocks, block_size, max_tokens, max_seqs, prefix_caching, max_mode
     return vllm_config, s
 
 
-def make_request(i, n_prompt, max_tokens):
+def request_factory(block_size=16):
+    """make(i, n_prompt, max_tokens) -> a Request with a deterministic prompt, ignoring EOS. vLLM's
+    NONE_HASH global (prefix-caching block hashes) is initialised once, by this call."""
     from vllm.sampling_params import SamplingParams
     from vllm.v1.request import Request
 
-    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     kw = {}
     if "eos_token_id" in _params(Request.__init__):  # vLLM <= 2025
         kw["eos_token_id"] = 2
@@ -74,7 +75,40 @@ def make_request(i, n_prompt, max_tokens):
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 
         init_none_hash(sha256)
-        kw["block_hasher"] = get_request_block_hasher(16, sha256)
+        kw["block_hasher"] = get_request_block_hasher(block_size, sha256)
     except Exception:
         pass
-    return Request("req-%d" % i, [10 + (i * 7 + j) % 900 for j in range(n_prompt)], sp, None, **kw)
+
+    def make(i, n_prompt, max_tokens):
+        sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        return Request("req-%d" % i, [10 + (i * 7 + j) % 900 for j in range(n_prompt)], sp, None, **kw)
+
+    return make
+
+
+def make_request(i, n_prompt, max_tokens):
+    """One request of request_factory(), which re-initialises vLLM's NONE_HASH global each time."""
+    return request_factory()(i, n_prompt, max_tokens)
+
+
+def runner_output():
+    """out(s, so) -> the ModelRunnerOutput a model runner would return to scheduler s for its
+    output so: one sampled token for every scheduled request whose prompt is done, and the
+    fields older vLLM versions require (logprobs, prompt_logprobs_dict, pooler_output)."""
+    import dataclasses
+
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    required = {f.name for f in dataclasses.fields(ModelRunnerOutput)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+    def out(s, so):
+        ids = list(so.num_scheduled_tokens)
+        sampled = [[5] if s.requests[r].num_computed_tokens >= s.requests[r].num_tokens else [] for r in ids]
+        kw = dict(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+        for opt, val in (("logprobs", None), ("prompt_logprobs_dict", {}), ("pooler_output", [])):
+            if opt in required:  # required fields in vLLM 2025
+                kw[opt] = val
+        return ModelRunnerOutput(**kw)
+
+    return out
