@@ -176,7 +176,7 @@ func (c *Collector) Add(pid int, source string, f *os.File, via string) error {
 			c.contended[st.Ino] = &Contention{Pid: pid, Source: source, Holder: ce.Holder, HolderCmdline: ce.Cmdline,
 				RefusedSec: time.Since(c.start).Seconds()}
 			c.opts.Log.Warn(fmt.Sprintf("pid %d (%s): another tracer reads this ring; collecting it only if that tracer lets go", pid, source),
-				"holder", holderName(ce.Holder, ce.Cmdline))
+				"holder", ce.Who())
 		}
 		return nil
 	}
@@ -226,16 +226,6 @@ func (c *Collector) Add(pid int, source string, f *os.File, via string) error {
 	return nil
 }
 
-func holderName(pid int, cmdline string) string {
-	switch {
-	case pid > 0 && cmdline != "":
-		return fmt.Sprintf("pid %d (%s)", pid, cmdline)
-	case pid > 0:
-		return fmt.Sprintf("pid %d", pid)
-	}
-	return "a process /proc/locks does not name"
-}
-
 // Contended returns the rings another tracer was reading when this collector found them,
 // by pid and source.
 func (c *Collector) Contended() []Contention {
@@ -256,7 +246,7 @@ func (c *Collector) Contended() []Contention {
 
 // Message says what a contention cost this capture, for metadata.json's warnings.
 func (ct Contention) Message() string {
-	who := "another tracer, " + holderName(ct.Holder, ct.HolderCmdline) + ","
+	who := "another tracer, " + (&ring.ClaimError{Holder: ct.Holder, Cmdline: ct.HolderCmdline}).Who() + ","
 	if ct.TakenOverSec == 0 {
 		return fmt.Sprintf("pid %d (%s): %s was reading this ring from %.1f s into the capture to its end: its records of that time are in that tracer's session, not this one (one tracer per process; stop the other capture first)",
 			ct.Pid, ct.Source, who, ct.RefusedSec)

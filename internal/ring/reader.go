@@ -205,13 +205,21 @@ type ClaimError struct {
 }
 
 func (e *ClaimError) Error() string {
-	switch {
-	case e.Holder > 0 && e.Cmdline != "":
-		return fmt.Sprintf("ring: read by another tracer, pid %d (%s)", e.Holder, e.Cmdline)
-	case e.Holder > 0:
-		return fmt.Sprintf("ring: read by another tracer, pid %d", e.Holder)
+	if e.Holder > 0 {
+		return "ring: read by another tracer, " + e.Who()
 	}
 	return ErrClaimed.Error()
+}
+
+// Who names the holder: "pid N (command line)", "pid N", or that /proc/locks did not say.
+func (e *ClaimError) Who() string {
+	switch {
+	case e.Holder > 0 && e.Cmdline != "":
+		return fmt.Sprintf("pid %d (%s)", e.Holder, e.Cmdline)
+	case e.Holder > 0:
+		return fmt.Sprintf("pid %d", e.Holder)
+	}
+	return "a process /proc/locks does not name"
 }
 
 func (e *ClaimError) Unwrap() error { return ErrClaimed }
